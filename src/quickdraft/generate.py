@@ -1,0 +1,179 @@
+"""The speculative loop, as generators.
+
+`speculative_rounds` is the whole algorithm: draft, verify in one target pass, keep the agreed prefix plus
+the target's token, repeat. `stream_generate` turns rounds into text pieces and applies the stop rules
+(end-of-generation token, stop strings, max tokens, context). `generate` collects a stream.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+
+from quickdraft.drafters import Proposal
+from quickdraft.policy import Policy
+from quickdraft.sampling import SamplingParams
+from quickdraft.stats import GenerationStats
+from quickdraft.target import Target, TokenLogprob
+from quickdraft.textstream import TextStream
+
+
+class Tokenizer(Protocol):
+    def token_bytes(self, token: int) -> bytes: ...
+    def is_eog(self, token: int) -> bool: ...
+
+
+@dataclass
+class Round:
+    tokens: list[int]
+    logprobs: list[TokenLogprob] | None
+    drafter: str
+    k: int
+    drafted: int
+    accepted: int
+    draft_seconds: float
+    verify_seconds: float
+
+
+def request_rngs(seed: int | None) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent generators for the target's and the draft's random draws, reproducible from one seed."""
+    root = np.random.SeedSequence(seed)
+    target_seed, draft_seed = root.spawn(2)
+    return np.random.default_rng(target_seed), np.random.default_rng(draft_seed)
+
+
+def speculative_rounds(
+    target: Target,
+    policy: Policy,
+    prompt: Sequence[int],
+    sampling: SamplingParams,
+    *,
+    max_new_tokens: int,
+    top_logprobs: int | None = None,
+) -> Iterator[Round]:
+    context = list(prompt)
+    target_rng, draft_rng = request_rngs(sampling.seed)
+    policy.start()
+    for d in getattr(policy, "drafters", []):
+        d.start(context)
+    generated = 0
+    while generated < max_new_tokens and len(context) < target.n_ctx:
+        drafter, k = policy.choose()
+        # never draft past max_new_tokens (the target adds one) or past the context
+        k = max(0, min(k, max_new_tokens - generated - 1, target.n_ctx - len(context)))
+        t0 = time.perf_counter()
+        proposal = drafter.propose(context, k, sampling, draft_rng) if k > 0 else Proposal()
+        if len(proposal.tokens) > k:
+            proposal = Proposal(proposal.tokens[:k], proposal.dists[:k] if proposal.dists else None)
+        t1 = time.perf_counter()
+        verdict = target.verify(context, proposal, sampling, target_rng, top_logprobs)
+        t2 = time.perf_counter()
+        drafted = len(proposal.tokens)
+        policy.observe(drafter, k, drafted, verdict.n_accepted, t1 - t0, t2 - t1)
+        context.extend(verdict.tokens)
+        generated += len(verdict.tokens)
+        yield Round(verdict.tokens, verdict.logprobs, drafter.name, k, drafted, verdict.n_accepted, t1 - t0, t2 - t1)
+
+
+@dataclass
+class GenerationResponse:
+    """One step of a stream: the text and tokens this round added."""
+
+    text: str
+    tokens: list[int]
+    logprobs: list[TokenLogprob] | None
+    finish_reason: str | None  # None while generating; then "stop" or "length"
+    stats: GenerationStats
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    tokens: list[int]
+    finish_reason: str
+    stats: GenerationStats
+    logprobs: list[TokenLogprob] | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "tokens": self.tokens,
+            "finish_reason": self.finish_reason,
+            "stats": self.stats.to_dict(),
+        }
+
+
+def stream_generate(
+    target: Target,
+    tokenizer: Tokenizer,
+    policy: Policy,
+    prompt: Sequence[int],
+    sampling: SamplingParams,
+    *,
+    max_tokens: int,
+    stop: Sequence[str] = (),
+    top_logprobs: int | None = None,
+) -> Iterator[GenerationResponse]:
+    start = time.perf_counter()
+    stats = GenerationStats(prompt_tokens=len(prompt))
+    text = TextStream(stop)
+    finish = None
+    rounds = speculative_rounds(
+        target, policy, prompt, sampling, max_new_tokens=max_tokens, top_logprobs=top_logprobs
+    )
+    for rnd in rounds:
+        stats.rounds += 1
+        stats.drafted += rnd.drafted
+        stats.accepted += rnd.accepted
+        stats.draft_seconds += rnd.draft_seconds
+        stats.verify_seconds += rnd.verify_seconds
+        if rnd.drafted:
+            stats.drafter_rounds[rnd.drafter] = stats.drafter_rounds.get(rnd.drafter, 0) + 1
+        if stats.completion_tokens == 0:
+            stats.ttft_seconds = time.perf_counter() - start
+        kept: list[int] = []
+        pieces: list[str] = []
+        for token in rnd.tokens:
+            kept.append(token)
+            stats.completion_tokens += 1
+            if tokenizer.is_eog(token):
+                finish = "stop"
+                break
+            pieces.append(text.push(tokenizer.token_bytes(token)))
+            if text.stopped:
+                finish = "stop"
+                break
+            if stats.completion_tokens >= max_tokens:
+                finish = "length"
+                break
+        if finish is None and len(prompt) + stats.completion_tokens >= target.n_ctx:
+            finish = "length"
+        if finish is not None:
+            pieces.append(text.flush())
+        stats.total_seconds = time.perf_counter() - start
+        lps = rnd.logprobs[: len(kept)] if rnd.logprobs is not None else None
+        yield GenerationResponse("".join(pieces), kept, lps, finish, stats)
+        if finish is not None:
+            rounds.close()
+            return
+    # the loop ended on its own: max tokens or context reached exactly at a round boundary
+    stats.total_seconds = time.perf_counter() - start
+    yield GenerationResponse(text.flush(), [], [] if top_logprobs is not None else None, "length", stats)
+
+
+def collect(responses: Iterator[GenerationResponse]) -> GenerationResult:
+    texts: list[str] = []
+    tokens: list[int] = []
+    logprobs: list[TokenLogprob] | None = None
+    last = None
+    for r in responses:
+        texts.append(r.text)
+        tokens.extend(r.tokens)
+        if r.logprobs is not None:
+            logprobs = (logprobs or []) + r.logprobs
+        last = r
+    assert last is not None and last.finish_reason is not None
+    return GenerationResult("".join(texts), tokens, last.finish_reason, last.stats, logprobs)

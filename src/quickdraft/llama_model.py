@@ -1,0 +1,315 @@
+"""One GGUF model in this process, through llama.cpp's C API (llama-cpp-python's low-level bindings).
+
+`LlamaModel` owns a model, one context and one KV sequence. Its one verb that touches the KV cache is
+`evaluate(tokens, n_logits)`: make the cache hold exactly `tokens` and return the logits of the last
+`n_logits` positions. It keeps the longest common prefix of what the cache already holds and evaluates
+only the rest, so rolling back rejected draft tokens is removing the tail of the sequence
+(`llama_memory_seq_rm`), never re-evaluating the prefix. Logits are requested only for the positions the
+caller needs: no `n_ctx x n_vocab` buffer (Gemma's vocabulary is 262,144 tokens).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import threading
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from quickdraft.errors import ContextLengthError, ModelLoadError
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+_log_callback = None  # keep a reference: llama.cpp calls it from C
+
+
+def _llama():
+    """Import llama_cpp's bindings once, initialise the backend and silence its logging."""
+    global _backend_ready, _log_callback
+    import llama_cpp
+
+    with _backend_lock:
+        if not _backend_ready:
+            verbose = os.environ.get("QUICKDRAFT_LLAMA_LOG", "") not in ("", "0")
+
+            @llama_cpp.llama_log_callback
+            def _log(level, text, user_data):  # pragma: no cover - C callback
+                if verbose:
+                    print(text.decode("utf-8", "replace"), end="", flush=True)
+
+            _log_callback = _log
+            llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+    return llama_cpp
+
+
+def default_threads() -> int:
+    """Physical cores, which is what llama.cpp's CPU kernels scale with."""
+    import psutil
+
+    return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists (C-speed list compares, then bisect)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] holds, a[:hi] == b[:hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class LlamaModel:
+    """A GGUF model with one context and one KV sequence."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n_ctx: int = 4096,
+        n_batch: int = 512,
+        threads: int | None = None,
+        n_gpu_layers: int = 0,
+        name: str | None = None,
+    ):
+        path = Path(path)
+        self.path = path
+        self.name = name or path.stem
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes)")
+        lib = _llama()
+        self._lib = lib
+        self.threads = threads or default_threads()
+
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        self._model = lib.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp could not load {path} (corrupt or unsupported GGUF)")
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(lib.llama_model_n_ctx_train(self._model))
+
+        self.n_ctx = min(n_ctx, self.n_ctx_train) if self.n_ctx_train > 0 else n_ctx
+        self.n_batch = min(n_batch, self.n_ctx)
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = self.n_ctx
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = self.n_batch
+        cparams.n_seq_max = 1
+        cparams.n_threads = self.threads
+        cparams.n_threads_batch = self.threads
+        cparams.no_perf = True
+        # Sliding-window models (Gemma 3) prune KV cells that fall out of the window; rolling back rejected
+        # draft tokens would then need cells that are gone. A full-size SWA cache keeps them.
+        cparams.swa_full = True
+        # Flash attention makes a position's attention independent of how many positions share the batch,
+        # so verifying k+1 tokens at once gives the logits that decoding them one by one gives (see README,
+        # "Exactness", for the matmul kernels where llama.cpp still rounds differently).
+        cparams.flash_attn_type = 1  # LLAMA_FLASH_ATTN_TYPE_ENABLED
+        self._ctx = lib.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            lib.llama_model_free(self._model)
+            self._model = None
+            raise ModelLoadError(f"llama.cpp could not create a context for {path} (n_ctx={self.n_ctx})")
+        self.n_ctx = int(lib.llama_n_ctx(self._ctx))
+        self._memory = lib.llama_get_memory(self._ctx)
+
+        # One batch, reused for every decode; numpy views onto its arrays make filling it cheap.
+        self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        b = self._batch
+        self._b_token = np.ctypeslib.as_array(b.token, shape=(self.n_batch,))
+        self._b_pos = np.ctypeslib.as_array(b.pos, shape=(self.n_batch,))
+        self._b_logits = np.ctypeslib.as_array(b.logits, shape=(self.n_batch,))
+        np.ctypeslib.as_array(b.n_seq_id, shape=(self.n_batch,))[:] = 1
+        for i in range(self.n_batch):
+            b.seq_id[i][0] = 0
+
+        self.tokens: list[int] = []  # what the KV cache holds, in order
+        self._piece_cache: dict[int, bytes] = {}
+        self._eog = {t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self._vocab, t)}
+        self.eval_calls = 0
+        self.evaluated_tokens = 0
+
+    # ---- metadata -------------------------------------------------------------------------------------
+    def metadata(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = self._lib.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    @cached_property
+    def chat_template(self) -> str | None:
+        return self.metadata("tokenizer.chat_template")
+
+    @cached_property
+    def architecture(self) -> str:
+        return self.metadata("general.architecture") or "unknown"
+
+    @cached_property
+    def description(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        self._lib.llama_model_desc(self._model, buf, len(buf))
+        return buf.value.decode()
+
+    @cached_property
+    def size_bytes(self) -> int:
+        return int(self._lib.llama_model_size(self._model))
+
+    @cached_property
+    def vocab_fingerprint(self) -> str:
+        """sha256 over every token's text, in id order: equal fingerprints mean the same vocabulary."""
+        h = hashlib.sha256()
+        get_text = self._lib.llama_vocab_get_text
+        for t in range(self.n_vocab):
+            h.update(get_text(self._vocab, t) or b"")
+            h.update(b"\x00")
+        return h.hexdigest()
+
+    @property
+    def bos_token(self) -> int | None:
+        t = int(self._lib.llama_vocab_bos(self._vocab))
+        return t if t >= 0 else None
+
+    @property
+    def eos_token(self) -> int | None:
+        t = int(self._lib.llama_vocab_eos(self._vocab))
+        return t if t >= 0 else None
+
+    def is_eog(self, token: int) -> bool:
+        return token in self._eog
+
+    # ---- text <-> tokens ------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        n_max = len(data) + 16
+        buf = (ctypes.c_int32 * n_max)()
+        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, parse_special)
+        if n < 0:
+            n_max = -n
+            buf = (ctypes.c_int32 * n_max)()
+            n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, parse_special)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token renders as in generated text (control tokens render as nothing)."""
+        piece = self._piece_cache.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = buf.raw[:n]
+            self._piece_cache[token] = piece
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary entry of a token (special tokens included), for display."""
+        return (self._lib.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", "replace")
+
+    # ---- the KV cache -----------------------------------------------------------------------------------
+    def evaluate(self, tokens: Sequence[int], n_logits: int = 1) -> np.ndarray:
+        """Make the KV cache hold exactly `tokens`; return the logits of the last `n_logits` positions.
+
+        The returned array (n_logits x n_vocab, float32) is a view into llama.cpp's buffer, valid until the
+        next call on this model.
+        """
+        n = len(tokens)
+        if n_logits < 1 or n_logits > n:
+            raise ValueError(f"n_logits must be in [1, {n}], got {n_logits}")
+        if n > self.n_ctx:
+            raise ContextLengthError(
+                f"{n} tokens do not fit in the context of {self.name} ({self.n_ctx} tokens)"
+            )
+        if n_logits > self.n_batch:
+            raise ValueError(f"n_logits={n_logits} exceeds the batch size {self.n_batch}")
+        keep = min(common_prefix_len(self.tokens, tokens), n - n_logits)
+        if keep < len(self.tokens):
+            self.truncate(keep)
+        new = tokens[keep:]
+        # The last chunk holds every position whose logits are asked for; earlier chunks are n_batch long.
+        first_len = len(new) % self.n_batch or self.n_batch
+        start = 0
+        chunk_len = first_len if len(new) > self.n_batch else len(new)
+        while start < len(new):
+            chunk = new[start : start + chunk_len]
+            is_last = start + chunk_len >= len(new)
+            self._decode(chunk, keep + start, n_logits if is_last else 0)
+            self.tokens.extend(chunk)
+            start += chunk_len
+            chunk_len = self.n_batch
+        ptr = self._lib.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n_logits, self.n_vocab))
+
+    def truncate(self, n_keep: int) -> None:
+        """Drop every cached position from n_keep on."""
+        if n_keep >= len(self.tokens):
+            return
+        ok = self._lib.llama_memory_seq_rm(self._memory, 0, n_keep, -1)
+        if not ok:  # a cache that cannot remove a tail (recurrent models): start over
+            self._lib.llama_memory_clear(self._memory, True)
+            del self.tokens[:]
+            return
+        del self.tokens[n_keep:]
+
+    def reset(self) -> None:
+        self._lib.llama_memory_clear(self._memory, True)
+        self.tokens = []
+
+    def _decode(self, chunk: Sequence[int], pos0: int, n_logits: int) -> None:
+        m = len(chunk)
+        self._b_token[:m] = chunk
+        self._b_pos[:m] = np.arange(pos0, pos0 + m)
+        self._b_logits[:m] = 0
+        if n_logits:
+            self._b_logits[m - n_logits : m] = 1
+        self._batch.n_tokens = m
+        rc = self._lib.llama_decode(self._ctx, self._batch)
+        self.eval_calls += 1
+        self.evaluated_tokens += m
+        if rc != 0:
+            # the cache may hold part of the batch now: resynchronise from what llama.cpp reports
+            pos_max = int(self._lib.llama_memory_seq_pos_max(self._memory, 0))
+            del self.tokens[pos_max + 1 :]
+            raise RuntimeError(f"llama_decode failed with code {rc} on {self.name} ({m} tokens at {pos0})")
+
+    # ---- lifetime -------------------------------------------------------------------------------------
+    def close(self) -> None:
+        lib = getattr(self, "_lib", None)
+        if lib is None:
+            return
+        if getattr(self, "_batch", None) is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            lib.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"LlamaModel({self.name!r}, n_vocab={self.n_vocab}, n_ctx={self.n_ctx}, threads={self.threads})"
