@@ -21,8 +21,9 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
 def _add_model_flags(p: argparse.ArgumentParser, *, target_default: str | None = None) -> None:
     p.add_argument("--target", default=target_default, required=target_default is None,
                    help="target model: a .gguf path or a name (quickdraft models)")
-    p.add_argument("--draft", default="ngram",
-                   help="ngram (prompt lookup), none (target alone), or a draft model path or name")
+    p.add_argument("--draft", default="auto",
+                   help="auto (adaptive: picks n-gram, the draft model or none, and K, round by round; the "
+                   "default), ngram (prompt lookup), none (target alone), or a draft model path or name")
     p.add_argument("--draft-tokens", "-k", type=int, default=4, dest="k", help="K: tokens drafted per round")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per model (default: physical cores)")
     p.add_argument("--ctx", type=int, default=4096, help="context size in tokens")

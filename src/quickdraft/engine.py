@@ -8,22 +8,28 @@ One engine serves one request at a time (one KV sequence per model); the server 
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from functools import cached_property
 from typing import Iterator, Mapping, Sequence
 
 from quickdraft import model_store
 from quickdraft.chat_template import ChatTemplate
+from quickdraft.controller import DEFAULT_MAX_K as AUTO_MAX_K
+from quickdraft.controller import AdaptiveController, MachineModel
 from quickdraft.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from quickdraft.errors import ContextLengthError, IncompatibleVocabError, InvalidRequestError
 from quickdraft.generate import GenerationResponse, GenerationResult, collect, stream_generate
 from quickdraft.llama_model import LlamaModel
+from quickdraft.node import is_node_url
 from quickdraft.policy import FixedPolicy, Policy
 from quickdraft.sampling import SamplingParams
 from quickdraft.target import LocalTarget, Target
 
-DRAFT_CHOICES = ("none", "ngram", "model")
+DRAFT_CHOICES = ("auto", "none", "ngram", "model")  # auto: the adaptive controller picks among the others
 DEFAULT_K = 4
+log = logging.getLogger("quickdraft")
 MAX_K = 32
 
 
@@ -35,6 +41,34 @@ def check_vocab(target: LlamaModel, draft: LlamaModel) -> None:
             f"model {target.name} ({target.n_vocab} tokens); pick a draft from the target's model family "
             "or use --draft ngram"
         )
+
+
+def exact_max_k(model: LlamaModel, k: int) -> int:
+    """The largest K whose verification batch (K + 1 tokens) reproduces one-by-one decoding bit for bit on
+    this machine (LlamaModel.max_exact_batch), remembered per model file and llama.cpp build."""
+    import json
+    from importlib.metadata import version
+
+    st = model.path.stat()
+    key = f"{model.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{version('llama-cpp-python')}|{k + 1}"
+    cache = model_store.cache_dir() / "exact-batch.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = model.max_exact_batch(k + 1)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, cache)
+    exact_k = known[key] - 1
+    if exact_k < k:
+        log.warning(
+            "%s: llama.cpp's kernels here verify at most %d tokens per batch bit-exactly; K is capped at %d so "
+            "the output stays the target's own (Engine.load(exact=False) lifts the cap)", model.name, exact_k + 1, exact_k
+        )
+    return exact_k
 
 
 def check_k(k: int) -> int:
@@ -58,9 +92,10 @@ class Engine:
         self.chat_template_override = chat_template
         self.tokenizer = tokenizer
         self.drafters = drafters
-        if draft not in drafters:
+        if draft not in drafters and draft != "auto":
             raise InvalidRequestError(f"no drafter {draft!r}; this engine has {sorted(drafters)}")
         self.default_draft = draft
+        self.machine = MachineModel()  # what auto learns about this machine, shared by the requests
         self.default_k = check_k(k)
         self._lock = threading.Lock()
 
@@ -68,7 +103,7 @@ class Engine:
     def load(
         cls,
         target: str,
-        draft: str | None = "ngram",
+        draft: str | None = "auto",
         *,
         k: int = DEFAULT_K,
         n_ctx: int = 4096,
@@ -76,19 +111,47 @@ class Engine:
         ngram_max: int = 4,
         ngram_min: int = 2,
         chat_template: str | None = None,
+        exact: bool = True,
     ) -> "Engine":
-        """target: a model name or path. draft: "ngram", "none", or a draft model name or path."""
+        """target: a model name or path. draft: "auto" (adaptive, over n-gram and the draft model
+        quickdraft.hardware picks for the target, if any), "ngram", "none", or a draft model name or path.
+        Either may be node://HOST:PORT, a `quickdraft node` (quickdraft.node): the same interfaces, remote.
+        exact: cap K to the batch size this machine's kernels verify bit-exactly (exact_max_k); False lifts
+        the cap (faster on some quantizations, but greedy output may then differ from the target alone's)."""
         check_k(k)
-        target_model = LlamaModel(model_store.resolve(target), n_ctx=n_ctx, threads=threads, name=str(target))
+        if is_node_url(target):  # verified on the node; tokenized here with its vocabulary
+            from quickdraft.node import open_target
+
+            target_backend, target_model = open_target(target)
+            if exact and target_backend.max_exact_k is not None:
+                target_backend.max_k = target_backend.max_exact_k
+        else:
+            target_model = LlamaModel(model_store.resolve(target), n_ctx=n_ctx, threads=threads, name=str(target))
+            target_backend = LocalTarget(target_model)
+            if exact:
+                target_backend.max_k = exact_max_k(target_model, max(k, AUTO_MAX_K))
         drafters: dict[str, Drafter] = {"none": NoDrafter(), "ngram": NgramDrafter(ngram_max, ngram_min)}
         draft = draft or "none"
-        if draft not in ("none", "ngram"):
-            draft_model = LlamaModel(model_store.resolve(draft), n_ctx=n_ctx, threads=threads, name=str(draft))
+        draft_model_name = draft if draft not in ("auto", "none", "ngram") else None
+        if draft == "auto" and not is_node_url(target):
+            from quickdraft.hardware import pick_draft
+
+            draft_model_name = pick_draft(str(target))
+        if is_node_url(draft_model_name):
+            from quickdraft.node import open_drafter
+
+            drafters["model"] = open_drafter(draft_model_name, vocab_fingerprint=target_model.vocab_fingerprint)
+            draft = "model"
+        elif draft_model_name:
+            draft_model = LlamaModel(
+                model_store.resolve(draft_model_name), n_ctx=n_ctx, threads=threads, name=str(draft_model_name)
+            )
             check_vocab(target_model, draft_model)
             drafters["model"] = ModelDrafter(draft_model)
-            draft = "model"
+            if draft != "auto":
+                draft = "model"
         return cls(
-            LocalTarget(target_model), target_model, drafters, draft=draft, k=k, chat_template=chat_template
+            target_backend, target_model, drafters, draft=draft, k=k, chat_template=chat_template
         )
 
     # ---- requests ---------------------------------------------------------------------------------------
@@ -121,10 +184,23 @@ class Engine:
         return tokens
 
     def policy(self, draft: str | None = None, k: int | None = None) -> Policy:
+        """The drafter and k for one request. For auto, k (if given) caps the k it may choose. Either way
+        k never exceeds what the target verifies exactly (see exact_max_k)."""
         name = draft or self.default_draft
+        exact_k = getattr(self.target, "max_k", MAX_K)
+        if name == "auto":
+            speculative = [d for n, d in self.drafters.items() if n != "none"]
+            none = self.drafters.get("none") or NoDrafter()
+            if exact_k < 1:
+                return FixedPolicy(none, 1)
+            max_k = min(check_k(k) if k else AUTO_MAX_K, exact_k)
+            return AdaptiveController(speculative, none, self.machine, max_k=max_k)
         if name not in self.drafters:
             raise InvalidRequestError(f"no drafter {name!r}; this engine has {sorted(self.drafters)}")
-        return FixedPolicy(self.drafters[name], check_k(k if k is not None else self.default_k))
+        k = check_k(k if k is not None else self.default_k)
+        if exact_k < 1:  # no batch verifies exactly here: speculation would change the output
+            return FixedPolicy(self.drafters["none"], 1)
+        return FixedPolicy(self.drafters[name], min(k, exact_k))
 
     def stream(
         self,
@@ -163,5 +239,7 @@ class Engine:
             "drafters": sorted(self.drafters),
             "draft": self.default_draft,
             "k": self.default_k,
+            "max_exact_k": getattr(self.target, "max_k", None),
+            "auto": self.machine.costs.describe(),
             "n_ctx": self.target.n_ctx,
         }

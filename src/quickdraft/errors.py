@@ -19,3 +19,8 @@ class InvalidRequestError(QuickdraftError):
 
 class ContextLengthError(InvalidRequestError):
     """The prompt does not fit in the model's context."""
+
+
+class NodeUnavailableError(QuickdraftError):
+    """A remote node (node://HOST:PORT) cannot be reached, dropped the connection or did not answer in time.
+    For the target this fails the request (the server answers 503); a draft node's failure is absorbed."""

@@ -40,7 +40,7 @@ class Round:
 
 def request_rngs(seed: int | None) -> tuple[np.random.Generator, np.random.Generator]:
     """Independent generators for the target's and the draft's random draws, reproducible from one seed."""
-    root = np.random.SeedSequence(seed)
+    root = np.random.SeedSequence(None if seed is None else seed % 2**64)  # OpenAI seeds may be negative
     target_seed, draft_seed = root.spawn(2)
     return np.random.default_rng(target_seed), np.random.default_rng(draft_seed)
 
@@ -62,8 +62,10 @@ def speculative_rounds(
     generated = 0
     while generated < max_new_tokens and len(context) < target.n_ctx:
         drafter, k = policy.choose()
-        # never draft past max_new_tokens (the target adds one) or past the context
-        k = max(0, min(k, max_new_tokens - generated - 1, target.n_ctx - len(context)))
+        # The first round only prefills the prompt and takes the target's first token, exactly as the
+        # target alone does (and the first token comes without waiting for a draft). After it, never
+        # draft past max_new_tokens (the target adds one) or past the context.
+        k = 0 if generated == 0 else max(0, min(k, max_new_tokens - generated - 1, target.n_ctx - len(context)))
         t0 = time.perf_counter()
         proposal = drafter.propose(context, k, sampling, draft_rng) if k > 0 else Proposal()
         if len(proposal.tokens) > k:
@@ -72,7 +74,8 @@ def speculative_rounds(
         verdict = target.verify(context, proposal, sampling, target_rng, top_logprobs)
         t2 = time.perf_counter()
         drafted = len(proposal.tokens)
-        policy.observe(drafter, k, drafted, verdict.n_accepted, t1 - t0, t2 - t1)
+        if generated > 0:  # the prefill round says nothing about drafting
+            policy.observe(drafter, k, drafted, verdict.n_accepted, t1 - t0, t2 - t1)
         context.extend(verdict.tokens)
         generated += len(verdict.tokens)
         yield Round(verdict.tokens, verdict.logprobs, drafter.name, k, drafted, verdict.n_accepted, t1 - t0, t2 - t1)
@@ -132,6 +135,8 @@ def stream_generate(
         stats.verify_seconds += rnd.verify_seconds
         if rnd.drafted:
             stats.drafter_rounds[rnd.drafter] = stats.drafter_rounds.get(rnd.drafter, 0) + 1
+        choice = f"{rnd.drafter}:{rnd.k}" if rnd.k and rnd.drafter != "none" else "none"
+        stats.choices[choice] = stats.choices.get(choice, 0) + 1
         if stats.completion_tokens == 0:
             stats.ttft_seconds = time.perf_counter() - start
         kept: list[int] = []

@@ -14,6 +14,7 @@ import ctypes
 import hashlib
 import os
 import threading
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -82,7 +83,12 @@ class LlamaModel:
         threads: int | None = None,
         n_gpu_layers: int = 0,
         name: str | None = None,
+        vocab_only: bool = False,
+        rpc_servers: Sequence[str] = (),
+        kv_type: int = 8,  # GGML_TYPE_Q8_0: see "Exactness" below
     ):
+        """vocab_only: load the tokenizer alone (no weights, no context; `evaluate` is unavailable).
+        rpc_servers: llama.cpp rpc-server workers (HOST:PORT) whose devices take the first n_gpu_layers."""
         path = Path(path)
         self.path = path
         self.name = name or path.stem
@@ -97,12 +103,26 @@ class LlamaModel:
 
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        mparams.vocab_only = vocab_only
+        self.rpc_servers = tuple(rpc_servers)
+        if self.rpc_servers:
+            from quickdraft.node.rpc import rpc_devices
+
+            self._devices = rpc_devices(self.rpc_servers)  # NULL-terminated; must outlive the model
+            mparams.devices = ctypes.cast(self._devices, ctypes.c_void_p)
         self._model = lib.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {path} (corrupt or unsupported GGUF)")
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
         self.n_ctx_train = int(lib.llama_model_n_ctx_train(self._model))
+        if vocab_only:  # a tokenizer: no context, no KV cache
+            self.n_ctx = min(n_ctx, self.n_ctx_train) if self.n_ctx_train > 0 else n_ctx
+            self._ctx = self._batch = None
+            self.tokens = []
+            self._piece_cache = {}
+            self._eog = {t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self._vocab, t)}
+            return
 
         self.n_ctx = min(n_ctx, self.n_ctx_train) if self.n_ctx_train > 0 else n_ctx
         self.n_batch = min(n_batch, self.n_ctx)
@@ -117,10 +137,14 @@ class LlamaModel:
         # Sliding-window models (Gemma 3) prune KV cells that fall out of the window; rolling back rejected
         # draft tokens would then need cells that are gone. A full-size SWA cache keeps them.
         cparams.swa_full = True
-        # Flash attention makes a position's attention independent of how many positions share the batch,
-        # so verifying k+1 tokens at once gives the logits that decoding them one by one gives (see README,
-        # "Exactness", for the matmul kernels where llama.cpp still rounds differently).
-        cparams.flash_attn_type = 1  # LLAMA_FLASH_ATTN_TYPE_ENABLED
+        # Exactness: verifying k+1 tokens in one batch must give the logits that decoding them one at a time
+        # gives. llama.cpp's CPU flash attention picks its kernel by batch shape (a KV-split kernel for one
+        # query once the cache passes 256 cells, a tiled kernel for 64+ queries), and those round
+        # differently, by up to ~1 logit. With a quantized KV cache it always uses the same per-query kernel,
+        # so attention is batch-invariant. Measured: see README, "Exactness".
+        cparams.flash_attn_type = 1  # LLAMA_FLASH_ATTN_TYPE_ENABLED (needed for a quantized V cache)
+        cparams.type_k = kv_type
+        cparams.type_v = kv_type
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             lib.llama_model_free(self._model)
@@ -144,6 +168,7 @@ class LlamaModel:
         self._eog = {t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self._vocab, t)}
         self.eval_calls = 0
         self.evaluated_tokens = 0
+        self.decode_seconds = 0.0  # time spent inside llama_decode: the model's share of a request
 
     # ---- metadata -------------------------------------------------------------------------------------
     def metadata(self, key: str) -> str | None:
@@ -273,6 +298,27 @@ class LlamaModel:
         self._lib.llama_memory_clear(self._memory, True)
         self.tokens = []
 
+    def max_exact_batch(self, limit: int) -> int:
+        """The largest batch (<= limit) whose logits equal, bit for bit, those of decoding its tokens one
+        at a time on this machine. Speculative verification is lossless only up to that batch size: some
+        llama.cpp kernels (K-quant matmuls with repacked weights, for one) round differently for larger
+        batches. Probed once, on real text, in well under a second for small models."""
+        text = "The history of the region spans many centuries, and its people have long traded by sea. " * 4
+        seq = self.tokenize(text)[: 24 + limit]
+        prefix, tail = seq[:24], seq[24:]
+        self.reset()
+        self.evaluate(prefix, 1)
+        single = [self.evaluate(prefix + tail[: i + 1], 1)[0].copy() for i in range(len(tail))]
+        exact = 1
+        for b in range(2, len(tail) + 1):
+            self.evaluate(prefix, 1)  # drop the tail, keep the prefix
+            batch = self.evaluate(prefix + tail[:b], b)
+            if not all(np.array_equal(batch[i], single[i]) for i in range(b)):
+                break
+            exact = b
+        self.reset()
+        return exact
+
     def _decode(self, chunk: Sequence[int], pos0: int, n_logits: int) -> None:
         m = len(chunk)
         self._b_token[:m] = chunk
@@ -281,7 +327,9 @@ class LlamaModel:
         if n_logits:
             self._b_logits[m - n_logits : m] = 1
         self._batch.n_tokens = m
+        t0 = time.perf_counter()
         rc = self._lib.llama_decode(self._ctx, self._batch)
+        self.decode_seconds += time.perf_counter() - t0
         self.eval_calls += 1
         self.evaluated_tokens += m
         if rc != 0:

@@ -17,6 +17,7 @@ class GenerationStats:
     ttft_seconds: float = 0.0  # request start to the first emitted token (includes the prompt's prefill)
     total_seconds: float = 0.0
     drafter_rounds: dict[str, int] = field(default_factory=dict)  # rounds per drafter name (k > 0)
+    choices: dict[str, int] = field(default_factory=dict)  # rounds per choice: "drafter:k", or "none"
 
     @property
     def acceptance_rate(self) -> float:

@@ -1,0 +1,240 @@
+"""The configuration of `quickdraft serve`: one pydantic model, filled in four layers.
+
+    defaults below  <  YAML file  <  QUICKDRAFT_* environment variables  <  command-line flags
+
+The YAML file (`--config FILE`, or the path in QUICKDRAFT_CONFIG) has the same shape as `Config`:
+
+    models:   {target: gemma-3-270m-q8_0, draft: auto, k: 4, ctx: 4096}
+    sampling: {temperature: 0.0, max_tokens: 512}
+    server:   {host: 127.0.0.1, port: 8088, api_key: null, limits: {queue_size: 16}}
+
+Environment variables name a key by its path, sections joined by a double underscore:
+QUICKDRAFT_SERVER__PORT=9000, QUICKDRAFT_MODELS__DRAFT=ngram, QUICKDRAFT_SERVER__LIMITS__QUEUE_SIZE=4.
+QUICKDRAFT_API_KEY is a short name for QUICKDRAFT_SERVER__API_KEY. Values are plain strings that pydantic
+converts ("9000" -> 9000, "true" -> True); an empty value means null. Other QUICKDRAFT_* variables without
+a double underscore (QUICKDRAFT_CACHE, QUICKDRAFT_LLAMA_LOG) are not config keys and are left alone.
+
+`quickdraft config show` prints the effective result.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from quickdraft.errors import QuickdraftError
+
+if TYPE_CHECKING:
+    from quickdraft.engine import Engine
+
+# The bundled demo: what `quickdraft serve` (and `make serve`) runs with no arguments.
+DEFAULT_TARGET = "gemma-3-270m-q8_0"
+DEFAULT_DRAFT = "auto"
+# "auto" is the adaptive controller (quickdraft.controller). An engine that does not offer it yet
+# (quickdraft.engine.DRAFT_CHOICES lacks "auto") is loaded with this drafter instead.
+AUTO_FALLBACK_DRAFT = "ngram"
+
+ENV_PREFIX = "QUICKDRAFT_"
+ENV_CONFIG_FILE = "QUICKDRAFT_CONFIG"
+ENV_ALIASES = {"QUICKDRAFT_API_KEY": "server.api_key"}
+
+
+class ConfigError(QuickdraftError):
+    """The configuration is invalid: a bad file, key or value."""
+
+
+class _Section(BaseModel):
+    # a misspelt key in the YAML file is an error, not a silently ignored line
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelsConfig(_Section):
+    target: str = Field(DEFAULT_TARGET, description="target model: a .gguf path, a model name, or node://HOST:PORT")
+    draft: str = Field(
+        DEFAULT_DRAFT,
+        description="auto (adaptive), ngram (prompt lookup), none (target alone), a draft model path or name, "
+        "or node://HOST:PORT",
+    )
+    k: int = Field(4, ge=1, le=32, description="draft tokens per round")
+    threads: int | None = Field(None, ge=1, description="CPU threads per model (null: physical cores)")
+    ctx: int = Field(4096, ge=32, description="context size in tokens")
+    chat_template: str | None = Field(
+        None, description="force a named chat template (gemma, chatml, llama3); null: the model's own"
+    )
+    name: str | None = Field(None, description="the model id clients see in /v1/models (null: from target)")
+
+    def served_name(self) -> str:
+        if self.name:
+            return self.name
+        path = Path(self.target)
+        return path.stem if path.suffix == ".gguf" else self.target
+
+    def effective_draft(self) -> str:
+        """The drafter actually loaded: `auto` falls back while the engine has no adaptive controller."""
+        if self.draft == "auto" and not engine_offers_auto():
+            return AUTO_FALLBACK_DRAFT
+        return self.draft
+
+    def load_engine(self) -> "Engine":
+        from quickdraft.engine import Engine
+
+        return Engine.load(
+            self.target,
+            self.effective_draft(),
+            k=self.k,
+            n_ctx=self.ctx,
+            threads=self.threads,
+            chat_template=self.chat_template,
+        )
+
+
+class SamplingConfig(_Section):
+    """Defaults for requests that leave a field out. temperature 0 is greedy."""
+
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0: off")
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=1, description="completion length when a request names none")
+
+
+class LimitsConfig(_Section):
+    queue_size: int = Field(16, ge=0, description="requests that may wait while one runs; beyond: HTTP 429")
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="request body limit; beyond: HTTP 413")
+    max_tokens: int = Field(4096, ge=1, description="cap on a request's max_tokens (the context caps it too)")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8088, ge=0, le=65535)
+    api_key: str | None = Field(None, description="bearer token clients must send; required off loopback")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name: it may resolve to anything
+
+    def check_exposure(self) -> None:
+        """Refuse to serve an open endpoint to the network."""
+        if not self.api_key and not self.is_loopback():
+            raise ConfigError(
+                f"refusing to listen on {self.host} without an API key: anyone who can reach it could use "
+                "the server. Set one with --api-key, server.api_key in the config file, or QUICKDRAFT_API_KEY "
+                "(or listen on 127.0.0.1)."
+            )
+
+
+class Config(_Section):
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    def public_dict(self) -> dict:
+        """The config as plain data with the API key masked (for `config show` and the status endpoint)."""
+        data = self.model_dump(mode="json")
+        if data["server"]["api_key"]:
+            data["server"]["api_key"] = "***"
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.public_dict(), sort_keys=False)
+
+
+def engine_offers_auto() -> bool:
+    from quickdraft import engine
+
+    return "auto" in getattr(engine, "DRAFT_CHOICES", ())
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """The effective config: defaults, then the YAML file, then the environment, then `overrides`
+    (dotted keys, e.g. {"server.port": 9000}, from command-line flags)."""
+    env = os.environ if env is None else env
+    data: dict = {}
+    path = path or env.get(ENV_CONFIG_FILE) or None
+    if path:
+        data = read_yaml(Path(path))
+    for dotted, value in env_overrides(env).items():
+        set_key(data, dotted, value, source=f"environment variable {env_name(dotted)}")
+    for dotted, value in (overrides or {}).items():
+        set_key(data, dotted, value, source=f"setting {dotted}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping (models:, sampling:, server:)")
+    return data
+
+
+def env_name(dotted: str) -> str:
+    return ENV_PREFIX + dotted.upper().replace(".", "__")
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, str | None]:
+    """QUICKDRAFT_SECTION__KEY=value -> {"section.key": value}; an empty value is null."""
+    out: dict[str, str | None] = {}
+    for name, value in sorted(env.items()):
+        if name in ENV_ALIASES:
+            dotted = ENV_ALIASES[name]
+        elif name.startswith(ENV_PREFIX) and "__" in name:
+            dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        else:
+            continue
+        out[dotted] = value if value != "" else None
+    return out
+
+
+def set_key(data: dict, dotted: str, value: Any, *, source: str) -> None:
+    """data[a][b][c] = value for "a.b.c", after checking that Config has that key."""
+    parts = dotted.split(".")
+    model: type[BaseModel] = Config
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            known = ", ".join(".".join([*parts[:i], k]) for k in model.model_fields)
+            raise ConfigError(f"{source}: no config key {dotted!r} (known here: {known})")
+        annotation = field.annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if i < len(parts) - 1:
+            if not is_section:
+                raise ConfigError(f"{source}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            model = annotation
+        elif is_section:
+            raise ConfigError(f"{source}: {dotted} is a section; name one of its keys")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value

@@ -1,0 +1,82 @@
+"""A draft node may die or stall; the request must not. `FallbackDrafter` turns the draft's failures into
+rounds on the target alone.
+
+When the inner drafter raises (node unreachable, connection dropped, no answer within its timeout, or a node
+that came back with another vocabulary or protocol), the round proposes nothing, so the target decodes one
+token by itself; the failure is logged and counted (`quickdraft_draft_failures_total`, and each round
+without the draft in `quickdraft_draft_fallback_rounds_total`). The draft is tried again after a backoff
+(1 s, doubling up to 10 s), so drafting resumes on its own once the node is back, within the same request
+or the next one. Output is unaffected either way: the target decides every token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+from quickdraft.drafters import Drafter, Proposal
+from quickdraft.errors import QuickdraftError
+from quickdraft.node.metrics import DRAFT_FAILURES, DRAFT_FALLBACK_ROUNDS
+
+log = logging.getLogger("quickdraft.node")
+
+
+class FallbackDrafter:
+    def __init__(self, inner: Drafter, label: str, *, retry_after: float = 1.0, max_retry_after: float = 10.0):
+        self.inner = inner
+        self.label = label  # the node's address, for logs and metrics
+        self.first_retry, self.max_retry = retry_after, max_retry_after
+        self._backoff = retry_after
+        self._down_until = 0.0  # monotonic time before which the draft is not tried
+        self.down = False
+        self.failures = self.fallback_rounds = 0
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def start(self, prompt: Sequence[int]) -> None:
+        if self._available():
+            try:
+                self.inner.start(prompt)
+            except (QuickdraftError, OSError) as e:
+                self._failed(e)
+
+    def propose(self, context, k, sampling, rng) -> Proposal:
+        if k <= 0:
+            return Proposal()
+        if self._available():
+            try:
+                proposal = self.inner.propose(context, k, sampling, rng)
+            except (QuickdraftError, OSError) as e:
+                self._failed(e)
+            else:
+                if self.down:
+                    log.warning("draft node %s is back: drafting resumes", self.label)
+                    self.down, self._backoff = False, self.first_retry
+                return proposal
+        self.fallback_rounds += 1
+        DRAFT_FALLBACK_ROUNDS.labels(self.label).inc()
+        return Proposal()
+
+    def _available(self) -> bool:
+        return not self.down or time.monotonic() >= self._down_until
+
+    def _failed(self, error: Exception) -> None:
+        self.failures += 1
+        DRAFT_FAILURES.labels(self.label).inc()
+        if not self.down:
+            log.warning("draft node %s failed (%s): continuing with the target alone", self.label, error)
+        else:
+            self._backoff = min(self._backoff * 2, self.max_retry)
+        self.down = True
+        self._down_until = time.monotonic() + self._backoff
+        discard = getattr(self.inner, "discard", None)
+        if discard is not None:  # a pipelined drafter: forget its pending prefetch
+            discard()
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,217 @@
+"""A target and a drafter that live on nodes: the engine's `Target` and `Drafter` interfaces over the wire.
+
+Each keeps one session on its node and a mirror of the session's tokens, and sends only the difference
+between that mirror and the context the loop passes in. The loop passes the whole context every round, so
+the coordinator always holds the token history: when a node restarts or drops a session, `NodeSession`
+re-creates it from that history and repeats the request, once. A node that stays unreachable raises
+`NodeUnavailableError`: for the target that fails the request; a draft node's failures are absorbed by
+`FallbackDrafter`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from quickdraft.drafters import Proposal
+from quickdraft.errors import NodeUnavailableError
+from quickdraft.llama_model import common_prefix_len
+from quickdraft.node import protocol as p
+from quickdraft.node.client import NodeClient, NodeTimeoutError
+from quickdraft.node.metrics import SESSIONS_RECREATED, TARGET_FAILURES
+from quickdraft.node.vocab import load_vocab
+from quickdraft.sampling import SamplingParams
+from quickdraft.target import Verdict
+
+
+class NodeSession:
+    """The coordinator's side of one session on a node."""
+
+    def __init__(self, client: NodeClient, *, prefill_seconds_per_token: float):
+        self.client = client
+        self.prefill_seconds_per_token = prefill_seconds_per_token
+        self.id: int | None = None
+        self.mirror: list[int] = []  # what the node's session holds, as far as this side knows
+        self._rng: np.random.Generator | None = None
+        self._sampling: SamplingParams | None = None
+        self.opened = 0
+
+    def request(self, context: list[int], sampling: SamplingParams, rng: np.random.Generator,
+                build: Callable[[int, int, list[int]], dict]) -> dict:
+        """Send build(session, base, extend), opening the session first when this is a new request (a new
+        rng: the loop makes one per request) and re-creating it once if the node lost it. A dropped
+        connection is retried once on a new connection; a timeout is not retried."""
+        reconnected = recreated = False
+        while True:
+            try:
+                if self.id is None or rng is not self._rng or sampling != self._sampling:
+                    self._open(context, sampling, rng)
+                base = common_prefix_len(self.mirror, context)
+                return self.client.call(build(self.id, base, list(context[base:])))
+            except p.UnknownSessionError:
+                if recreated:
+                    raise
+                recreated, self.id = True, None
+                SESSIONS_RECREATED.labels(self.client.url, self.client.role).inc()
+            except NodeTimeoutError:
+                raise
+            except NodeUnavailableError:
+                if reconnected:
+                    raise
+                reconnected = True
+
+    def _open(self, context: list[int], sampling: SamplingParams, rng: np.random.Generator) -> None:
+        request = {
+            "op": "open",
+            "tokens": list(context),
+            "sampling": p.encode_sampling(sampling),
+            "rng": p.hand_over_rng(rng),
+        }
+        if self.id is not None:
+            request["replace"] = self.id
+        self.id = None
+        # opening prefills the context: allow for its length on top of the usual deadline
+        timeout = self.client.timeout + len(context) * self.prefill_seconds_per_token
+        reply = self.client.call(request, timeout=timeout)
+        self.id, self._rng, self._sampling = reply["session"], rng, sampling
+        self.mirror = list(context)
+        self.opened += 1
+
+    def close(self) -> None:
+        if self.id is not None and self.client.connected:
+            try:
+                self.client.call({"op": "close", "session": self.id})
+            except Exception:
+                pass
+        self.id = None
+
+
+def _options(url: str) -> dict[str, str]:
+    return p.parse_node_url(url)[2]
+
+
+def _float(options: dict, key: str, default: float) -> float:
+    try:
+        return float(options.get(key, default))
+    except ValueError:
+        raise ValueError(f"node address option {key}={options[key]!r} is not a number") from None
+
+
+class RemoteTarget:
+    """The target model on a node. node://HOST:PORT[?timeout=S&connect_timeout=S&prefill_per_token=S]
+
+    timeout: the most a verify may take (default 60 s); a prefill may take prefill_per_token (0.05 s) per
+    prompt token more. connect_timeout: for (re)connecting (5 s)."""
+
+    def __init__(self, url: str, *, timeout: float | None = None, connect_timeout: float | None = None):
+        o = _options(url)
+        self.url = url
+        self.client = NodeClient(
+            url, role="target",
+            timeout=timeout or _float(o, "timeout", 60.0),
+            connect_timeout=connect_timeout or _float(o, "connect_timeout", 5.0),
+        )
+        try:
+            info = self.client.connect()
+        except NodeUnavailableError as e:
+            TARGET_FAILURES.labels(url).inc()
+            raise NodeUnavailableError(f"cannot use the target: {e}") from None
+        self.client.expected_fingerprint = info["vocab_fingerprint"]  # a restart must bring the same vocabulary
+        self.info = info
+        self.name: str = info["model"]
+        self.n_vocab: int = info["n_vocab"]
+        self.n_ctx: int = info["n_ctx"]
+        self.vocab_fingerprint: str = info["vocab_fingerprint"]
+        self.max_exact_k: int | None = info.get("max_exact_k")  # measured on the node's machine
+        self.session = NodeSession(self.client, prefill_seconds_per_token=_float(o, "prefill_per_token", 0.05))
+
+    def tokenizer(self):
+        """The target's tokenizer, loaded here vocabulary-only (see quickdraft.node.vocab)."""
+        return load_vocab(self.vocab_fingerprint, lambda: self.client.call({"op": "vocab"})["gguf"], name=self.name)
+
+    def verify(self, context, proposal, sampling, rng, top_logprobs=None) -> Verdict:
+        draft = list(proposal.tokens)
+
+        def build(session: int, base: int, extend: list[int]) -> dict:
+            request = {"op": "verify", "session": session, "base": base, "extend": extend, "draft": draft}
+            if proposal.dists is not None and not sampling.greedy:
+                request["q"] = p.encode_dists(proposal.dists)
+            if top_logprobs is not None:
+                request["logprobs"] = top_logprobs
+            return request
+
+        try:
+            reply = self.session.request(context, sampling, rng, build)
+        except NodeUnavailableError as e:
+            TARGET_FAILURES.labels(self.url).inc()
+            raise NodeUnavailableError(f"the target node is unavailable: {e}") from None
+        n = int(reply["n_accepted"])
+        emitted = draft[:n] + [int(reply["token"])]
+        self.session.mirror = list(context) + emitted
+        return Verdict(n, emitted, p.decode_logprobs(reply.get("logprobs")))
+
+    def close(self) -> None:
+        self.session.close()
+        self.client.close()
+
+
+class RemoteDrafter:
+    """A draft model on a node. node://HOST:PORT[?timeout=S&connect_timeout=S&prefill_per_token=S&pipeline=0]
+
+    timeout: the most a draft call may take (default 5 s; a slower draft is no use); connect_timeout 2 s.
+
+    Proposes what `ModelDrafter` would on the node's model: greedy argmax, or samples from the top-32 cut of
+    its sampling distribution, shipped back as that sparse distribution.
+    """
+
+    def __init__(self, url: str, *, vocab_fingerprint: str | None = None, timeout: float | None = None,
+                 connect_timeout: float | None = None):
+        o = _options(url)
+        self.url = url
+        self.client = NodeClient(
+            url, role="draft",
+            timeout=timeout or _float(o, "timeout", 5.0),
+            connect_timeout=connect_timeout or _float(o, "connect_timeout", 2.0),
+            vocab_fingerprint=vocab_fingerprint,
+        )
+        self.session = NodeSession(self.client, prefill_seconds_per_token=_float(o, "prefill_per_token", 0.05))
+        self.name = "draft-node"
+        self.n_ctx: int | None = None
+        self.info: dict | None = None
+
+    def connect(self) -> dict:
+        info = self.client.connect()
+        self.info, self.name, self.n_ctx = info, info["model"], info["n_ctx"]
+        return info
+
+    def start(self, prompt: Sequence[int]) -> None:
+        pass  # the session opens at the first proposal, which brings the request's sampling and rng
+
+    def propose(self, context, k, sampling, rng) -> Proposal:
+        if self.n_ctx is not None:
+            k = min(k, self.n_ctx - len(context))
+        if k <= 0:
+            return Proposal()
+
+        def build(session: int, base: int, extend: list[int]) -> dict:
+            return {"op": "draft", "session": session, "base": base, "extend": extend, "n": k}
+
+        reply = self.session.request(context, sampling, rng, build)
+        tokens = [int(t) for t in reply["tokens"]]
+        self.session.mirror = list(context) + tokens  # the node keeps its draft after the context
+        return Proposal(tokens, p.decode_dists(reply.get("q")))
+
+    def append(self, context: list[int], sampling: SamplingParams, rng: np.random.Generator) -> int:
+        """Bring the node's session up to `context` (tokens decided elsewhere) and evaluate them now."""
+
+        def build(session: int, base: int, extend: list[int]) -> dict:
+            return {"op": "append", "session": session, "base": base, "extend": extend}
+
+        reply = self.session.request(context, sampling, rng, build)
+        self.session.mirror = list(context)
+        return int(reply["n_tokens"])
+
+    def close(self) -> None:
+        self.session.close()
+        self.client.close()

@@ -1,0 +1,109 @@
+"""`quickdraft node`: one model behind the node protocol, served over WebSocket.
+
+One thread per connection reads a request from its socket, lets the `NodeService` answer it, and writes the
+reply (quickdraft.node.wire: no hand-off between threads). A background thread expires idle sessions. Binds to 127.0.0.1 unless told otherwise: the protocol has no
+authentication, so a node on another address belongs on a trusted network.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Sequence
+
+from quickdraft.node import protocol as p
+from quickdraft.node import wire
+from quickdraft.node.service import DEFAULT_SESSION_TTL, NodeService
+
+log = logging.getLogger("quickdraft.node")
+
+DEFAULT_PORTS = {"target": 8471, "draft": 8472}
+MAX_REQUEST_BYTES = 16 << 20
+
+
+class NodeServer:
+    def __init__(self, service: NodeService, host: str = "127.0.0.1", port: int = 0):
+        self.service = service
+        self._server = wire.Server(self._connection, host, port, max_size=MAX_REQUEST_BYTES)
+        self.host = host
+        self.port = self._server.socket.getsockname()[1]
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="session-sweeper", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"node://{self.host}:{self.port}"
+
+    def _connection(self, ws: wire.WebSocket) -> None:
+        """Serve one client until it goes away."""
+        while True:
+            message = ws.recv()  # ConnectionError when the client leaves: the wire server ends the thread
+            try:
+                request = p.unpack(message)
+            except Exception as e:
+                reply = p.error_reply("bad_request", f"unreadable message: {e}")
+            else:
+                reply = self.service.handle(request)
+            ws.send(p.pack(reply))
+
+    def _sweep(self) -> None:
+        interval = max(1.0, min(30.0, self.service.session_ttl / 4))
+        while not self._stop.wait(interval):
+            with self.service.lock:
+                n = self.service.expire_idle()
+            if n:
+                log.info("expired %d idle session(s)", n)
+
+    def serve_forever(self) -> None:
+        self._sweeper.start()
+        self._server.serve_forever()
+
+    def start(self) -> "NodeServer":
+        """Serve from background threads (tests, benchmarks)."""
+        threading.Thread(target=self.serve_forever, name="node-server", daemon=True).start()
+        return self
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._server.shutdown()
+
+
+def run_node(model: str, role: str = "target", *, host: str = "127.0.0.1", port: int | None = None,
+             threads: int | None = None, n_ctx: int = 4096, rpc: Sequence[str] = (), gpu_layers: int | None = None,
+             session_ttl: float = DEFAULT_SESSION_TTL) -> int:
+    """Load the model, serve until SIGINT/SIGTERM. Prints one `listening on node://HOST:PORT` line when ready."""
+    from quickdraft import model_store
+    from quickdraft.llama_model import LlamaModel
+
+    logging.basicConfig(level=logging.INFO, format="[quickdraft node] %(message)s", stream=sys.stderr)
+    if role not in p.ROLES:
+        raise ValueError(f"--role must be one of {', '.join(p.ROLES)}")
+    rpc = tuple(rpc)
+    if gpu_layers is None:
+        gpu_layers = 999 if rpc else 0  # with RPC workers: every layer goes to them
+    path = model_store.resolve(model)
+    llama = LlamaModel(path, n_ctx=n_ctx, threads=threads, name=str(model), rpc_servers=rpc, n_gpu_layers=gpu_layers)
+    max_exact_k = None
+    if role == "target":  # measured here, where the verification runs: coordinators cap K to it
+        from quickdraft.engine import AUTO_MAX_K, exact_max_k
+
+        max_exact_k = exact_max_k(llama, AUTO_MAX_K)
+    service = NodeService(llama, role, session_ttl=session_ttl, rpc_servers=rpc, max_exact_k=max_exact_k)
+    log.info("%s node: %s (%d tokens of context, %d threads%s), vocabulary %s...", role, llama.name, llama.n_ctx,
+             llama.threads, f", {gpu_layers} layers on RPC workers {', '.join(rpc)}" if rpc else "",
+             llama.vocab_fingerprint[:12])
+    server = NodeServer(service, host, DEFAULT_PORTS[role] if port is None else port)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: the node protocol has no authentication; keep it on a trusted network", host)
+
+    def stop(signum, frame):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"listening on {server.url}", flush=True)
+    server.serve_forever()
+    llama.close()
+    return 0

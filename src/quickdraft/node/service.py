@@ -1,0 +1,224 @@
+"""What a node does with each request, apart from the network: sessions over one model.
+
+A target node verifies with `LocalTarget`, a draft node drafts with `ModelDrafter`: the same code the
+in-process engine runs, so a node's answers are the local path's answers. The node holds one model with one
+KV sequence; the sessions share it. The most recently used session's tokens are in the KV cache, and a
+switch to another session keeps the longest common prefix (`LlamaModel.evaluate`), so sessions are cheap
+and correct, and one coordinator at a time gets the full speed.
+
+Sessions live until closed, replaced by their client's next `open`, or idle for `session_ttl` seconds.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
+
+import numpy as np
+
+import quickdraft
+from quickdraft.drafters import ModelDrafter, Proposal
+from quickdraft.llama_model import LlamaModel
+from quickdraft.node import protocol as p
+from quickdraft.node.vocab import vocab_gguf
+from quickdraft.sampling import SamplingParams
+from quickdraft.target import LocalTarget
+
+DEFAULT_SESSION_TTL = 300.0
+
+
+@dataclass
+class Session:
+    id: int
+    tokens: list[int]  # the session's context on this node (for a draft node: plus its latest draft)
+    sampling: SamplingParams
+    rng: np.random.Generator
+    last_used: float = field(default_factory=time.monotonic)
+
+    def rebase(self, base: int, extend: list[int]) -> list[int]:
+        """Keep the first `base` tokens, append `extend`: the client's delta."""
+        if not 0 <= base <= len(self.tokens):
+            raise p.NodeProtocolError(f"base {base} is outside the session's {len(self.tokens)} tokens")
+        self.tokens = self.tokens[:base] + [int(t) for t in extend]
+        return self.tokens
+
+
+class NodeService:
+    def __init__(self, model: LlamaModel, role: str, *, session_ttl: float = DEFAULT_SESSION_TTL,
+                 rpc_servers: tuple[str, ...] = (), max_exact_k: int | None = None):
+        """max_exact_k: for a target, the largest K this machine verifies bit-exactly (quickdraft.engine.
+        exact_max_k), which coordinators cap K to; None: not measured."""
+        if role not in p.ROLES:
+            raise ValueError(f"role must be one of {p.ROLES}, got {role!r}")
+        self.model, self.role, self.session_ttl = model, role, session_ttl
+        self.rpc_servers = rpc_servers
+        self.max_exact_k = max_exact_k
+        self.target = LocalTarget(model) if role == "target" else None
+        self.drafter = ModelDrafter(model) if role == "draft" else None
+        self.sessions: dict[int, Session] = {}
+        self.lock = threading.Lock()  # one model, one KV sequence: one request at a time
+        self.resident: int | None = None  # the session whose tokens the KV cache holds
+        self._vocab_gguf: bytes | None = None
+        self.requests = 0
+
+    # ---- dispatch -----------------------------------------------------------------------------------------
+    def handle(self, request: dict) -> dict:
+        """One request -> its reply. Never raises: failures become error replies."""
+        op = request.get("op")
+        handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+        if handler is None:
+            return p.error_reply("bad_request", f"unknown op {op!r}")
+        try:
+            with self.lock:
+                self.requests += 1
+                self.expire_idle()
+                return handler(request)
+        except p.UnknownSessionError as e:
+            return p.error_reply("unknown_session", str(e))
+        except p.NodeProtocolError as e:
+            return p.error_reply("bad_request", str(e))
+        except (ValueError, TypeError, KeyError) as e:
+            return p.error_reply("bad_request", f"{type(e).__name__}: {e}")
+        except Exception as e:  # a failure in the model: say so, keep serving
+            return p.error_reply("internal", f"{type(e).__name__}: {e}")
+
+    def _session(self, request: dict) -> Session:
+        (sid,) = p.require(request, "session")
+        s = self.sessions.get(sid)
+        if s is None:
+            raise p.UnknownSessionError(f"no session {sid} on this node (it restarted, or the session expired)")
+        s.last_used = time.monotonic()
+        self.resident = sid
+        return s
+
+    def _require_role(self, role: str, op: str) -> None:
+        if self.role != role:
+            raise p.NodeProtocolError(f"{op} is for a {role} node; this node is a {self.role} node")
+
+    def expire_idle(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        stale = [sid for sid, s in self.sessions.items() if now - s.last_used > self.session_ttl]
+        for sid in stale:
+            self._drop(sid, free_kv=True)
+        return len(stale)
+
+    def _drop(self, sid: int, *, free_kv: bool) -> None:
+        self.sessions.pop(sid, None)
+        if free_kv and sid == self.resident:  # the KV sequence holds this session's tokens: free it
+            self.model.reset()
+            self.resident = None
+
+    # ---- ops ----------------------------------------------------------------------------------------------
+    def op_info(self, request: dict) -> dict:
+        client = request.get("protocol")
+        if client != p.PROTOCOL_VERSION:
+            return p.error_reply(
+                "protocol_mismatch",
+                f"this node speaks quickdraft node protocol {p.PROTOCOL_VERSION}, the client {client}: "
+                "run the same quickdraft version on both sides",
+            )
+        return self.info()
+
+    def info(self) -> dict:
+        import llama_cpp
+
+        return {
+            "protocol": p.PROTOCOL_VERSION,
+            "quickdraft": quickdraft.__version__,
+            "role": self.role,
+            "model": self.model.name,
+            "model_description": self.model.description,
+            "n_vocab": self.model.n_vocab,
+            "vocab_fingerprint": self.model.vocab_fingerprint,
+            "n_ctx": self.model.n_ctx,
+            "max_exact_k": self.max_exact_k,
+            "bos": self.model.bos_token,
+            "eos": self.model.eos_token,
+            "sessions": len(self.sessions),
+            "requests_served": self.requests,
+            "session_ttl": self.session_ttl,
+            "llama_cpp": {
+                "llama_cpp_python": version("llama-cpp-python"),
+                "system_info": llama_cpp.llama_print_system_info().decode().strip(),
+                "rpc": bool(llama_cpp.llama_supports_rpc()),
+                "rpc_servers": list(self.rpc_servers),
+            },
+        }
+
+    def op_vocab(self, request: dict) -> dict:
+        if self._vocab_gguf is None:
+            self._vocab_gguf = vocab_gguf(self.model.path)
+        return {"gguf": self._vocab_gguf}
+
+    def op_ping(self, request: dict) -> dict:
+        """{} or, given `echo`, {echo}: round trips of a chosen size, for measuring the protocol alone."""
+        return {"echo": request["echo"]} if "echo" in request else {}
+
+    def op_open(self, request: dict) -> dict:
+        tokens, sampling, rng = p.require(request, "tokens", "sampling", "rng")
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise p.NodeProtocolError("open needs at least one token")
+        if len(tokens) >= self.model.n_ctx:
+            raise p.NodeProtocolError(f"{len(tokens)} tokens do not fit the node's context of {self.model.n_ctx}")
+        replaced = request.get("replace")
+        if replaced is not None:
+            self._drop(replaced, free_kv=False)  # the new session inherits the KV cache (prefix reuse)
+        sid = secrets.randbits(62)
+        self.model.evaluate(tokens, 1)  # prefill
+        self.sessions[sid] = Session(sid, tokens, p.decode_sampling(sampling), p.decode_rng(rng))
+        self.resident = sid
+        return {"session": sid}
+
+    def op_close(self, request: dict) -> dict:
+        (sid,) = p.require(request, "session")
+        self._drop(sid, free_kv=True)
+        return {}
+
+    def op_verify(self, request: dict) -> dict:
+        self._require_role("target", "verify")
+        t0 = time.perf_counter()
+        s = self._session(request)
+        base, extend, draft = p.require(request, "base", "extend", "draft")
+        context = s.rebase(base, extend)
+        draft = [int(t) for t in draft]
+        dists = p.decode_dists(request.get("q"))
+        if dists is not None and len(dists) != len(draft):
+            raise p.NodeProtocolError(f"{len(draft)} draft tokens but {len(dists)} distributions")
+        if len(context) + len(draft) > self.model.n_ctx:
+            raise p.NodeProtocolError("the draft runs past the node's context")
+        top = request.get("logprobs")
+        verdict = self.target.verify(context, Proposal(draft, dists), s.sampling, s.rng, top)
+        s.tokens = context + verdict.tokens
+        reply = {"n_accepted": verdict.n_accepted, "token": verdict.tokens[-1]}
+        if verdict.logprobs is not None:
+            reply["logprobs"] = p.encode_logprobs(verdict.logprobs)
+        reply["compute_us"] = int((time.perf_counter() - t0) * 1e6)
+        return reply
+
+    def op_draft(self, request: dict) -> dict:
+        self._require_role("draft", "draft")
+        t0 = time.perf_counter()
+        s = self._session(request)
+        base, extend, n = p.require(request, "base", "extend", "n")
+        context = s.rebase(base, extend)
+        proposal = self.drafter.propose(context, int(n), s.sampling, s.rng)
+        s.tokens = context + proposal.tokens
+        reply = {"tokens": proposal.tokens}
+        if proposal.dists is not None:
+            reply["q"] = p.encode_dists(proposal.dists)
+        reply["compute_us"] = int((time.perf_counter() - t0) * 1e6)
+        return reply
+
+    def op_append(self, request: dict) -> dict:
+        self._require_role("draft", "append")
+        s = self._session(request)
+        base, extend = p.require(request, "base", "extend")
+        context = s.rebase(base, extend)
+        if len(context) >= self.model.n_ctx:
+            raise p.NodeProtocolError(f"{len(context)} tokens do not fit the node's context of {self.model.n_ctx}")
+        self.model.evaluate(context, 1)  # evaluate now, so the next draft starts at once
+        return {"n_tokens": len(context)}

@@ -1,0 +1,265 @@
+"""The HTTP layer: an OpenAI-compatible API over one Engine.
+
+    app = create_app(engine, config)      # then: uvicorn.run(app, host=..., port=...)
+
+A request's path: the API key is checked (when one is set), the body is read (at most max_body_bytes) and
+parsed (schemas.py), `prepare.py` turns it into engine streams off the event loop (every 400 comes from
+there), the scheduler queues it (429 when full) and its worker runs it, and `formatting.py` turns the
+engine's steps into OpenAI's JSON, whole or as server-sent events.
+
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models[/{id}], GET /v1/quickdraft/status
+(all behind the key), GET /health and GET /metrics (open: they tell nothing about prompts or answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from quickdraft import __version__
+from quickdraft.config import Config
+from quickdraft.engine import Engine
+from quickdraft.server.errors import APIError, generation_error, server_error, status_error
+from quickdraft.server.formatting import ChatFormatter, Choice, CompletionFormatter, Formatter, TokenText
+from quickdraft.server.metrics import ServerMetrics
+from quickdraft.server.prepare import PreparedRequest, prepare_chat, prepare_completion
+from quickdraft.server.scheduler import Job, QueueFull, Scheduler, ShuttingDown
+from quickdraft.server.schemas import ChatCompletionRequest, CompletionRequest, parse_body
+
+log = logging.getLogger("quickdraft.server")
+
+GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions")
+
+
+def create_app(engine: Engine, config: Config) -> FastAPI:
+    model_id = config.models.served_name()
+    limits = config.server.limits
+    metrics = ServerMetrics(queue_waiting=lambda: scheduler.waiting, queue_running=lambda: scheduler.running)
+    scheduler = Scheduler(limits.queue_size, on_generation_end=metrics.record_generation)
+    token_text = TokenText(engine.tokenizer)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        scheduler.close()
+
+    app = FastAPI(title="quickdraft", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+
+    # ---- errors: always OpenAI's shape -----------------------------------------------------------------
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        return e.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return status_error(e.status_code, str(e.detail)).response()
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, e: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return server_error(f"internal error: {type(e).__name__}: {e}").response()
+
+    # ---- request checks ----------------------------------------------------------------------------------
+    def require_api_key(request: Request) -> None:
+        key = config.server.api_key
+        if not key:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise APIError(
+                401,
+                "missing or incorrect API key: send the header 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    async def read_body(request: Request) -> bytes:
+        limit = limits.max_body_bytes
+        too_large = APIError(413, f"the request body is larger than {limit} bytes (server.limits.max_body_bytes)",
+                             code="request_too_large")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return bytes(body)
+
+    def check_model(name: str | None) -> None:
+        if name and name != model_id:
+            raise APIError(404, f"the model {name!r} does not exist; this server serves {model_id!r}",
+                           param="model", code="model_not_found")
+
+    # ---- running a request -------------------------------------------------------------------------------
+    async def generate(request: Request, prepared: PreparedRequest, formatter: Formatter) -> Response:
+        job = Job(prepared.streams, asyncio.get_running_loop())
+        try:
+            scheduler.submit(job)
+        except (QueueFull, ShuttingDown) as e:
+            raise refusal(e) from None
+        if prepared.stream:
+            return StreamingResponse(
+                server_sent_events(job, formatter, prepared.include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        choices = await collect(request, job, len(prepared.streams))
+        if choices is None:  # the client left; nobody reads this
+            return Response(status_code=499)
+        return JSONResponse(formatter.response(choices))
+
+    async def collect(request: Request, job: Job, n: int) -> list[Choice] | None:
+        choices = [Choice() for _ in range(n)]
+        watcher = asyncio.create_task(cancel_on_disconnect(request, job))
+        try:
+            async for index, step in job.events():
+                choices[index].add(step)
+        except ShuttingDown as e:
+            raise refusal(e) from None
+        except Exception as e:
+            raise generation_error(e) from None
+        finally:
+            watcher.cancel()
+        return None if job.cancelled else choices
+
+    async def cancel_on_disconnect(request: Request, job: Job) -> None:
+        """The body has been read, so the next message uvicorn delivers is the client's disconnect."""
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                scheduler.cancel(job)
+                return
+
+    async def server_sent_events(job: Job, formatter: Formatter, include_usage: bool) -> AsyncIterator[str]:
+        try:
+            for chunk in formatter.opening_chunks():
+                yield sse(chunk)
+            async for index, step in job.events():
+                for chunk in formatter.chunks(index, step):
+                    yield sse(chunk)
+            if include_usage:
+                yield sse(formatter.usage_chunk())
+        except Exception as e:  # the engine failed after the 200 went out: say so in the stream
+            yield sse(generation_error(e).body())
+        finally:
+            scheduler.cancel(job)  # the client went away mid-stream: free the engine (a no-op when done)
+        yield "data: [DONE]\n\n"
+
+    # ---- routes ----------------------------------------------------------------------------------------
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+    @v1.post("/chat/completions")
+    async def chat_completions(request: Request):
+        req = parse_body(ChatCompletionRequest, await read_body(request))
+        check_model(req.model)
+        prepared = await asyncio.to_thread(prepare_chat, engine, config, req)
+        formatter = ChatFormatter(model_id, token_text, logprobs=prepared.top_logprobs is not None,
+                                  include_usage=prepared.include_usage, echo=prepared.echo)
+        return await generate(request, prepared, formatter)
+
+    @v1.post("/completions")
+    async def completions(request: Request):
+        req = parse_body(CompletionRequest, await read_body(request))
+        check_model(req.model)
+        prepared = await asyncio.to_thread(prepare_completion, engine, config, req)
+        formatter = CompletionFormatter(model_id, token_text, logprobs=prepared.top_logprobs is not None,
+                                        include_usage=prepared.include_usage, echo=prepared.echo)
+        return await generate(request, prepared, formatter)
+
+    def model_card() -> dict:
+        return {"id": model_id, "object": "model", "created": int(metrics.started), "owned_by": "quickdraft"}
+
+    @v1.get("/models")
+    async def list_models():
+        return {"object": "list", "data": [model_card()]}
+
+    @v1.get("/models/{name:path}")
+    async def get_model(name: str):
+        check_model(name)
+        return model_card()
+
+    @v1.get("/quickdraft/status")
+    async def status():
+        return {
+            "object": "quickdraft.status",
+            "version": __version__,
+            "model": model_id,
+            "engine": {**engine.describe(), "chat_template": chat_template_name(engine)},
+            "draft": {"configured": config.models.draft, "default": engine.default_draft},
+            "queue": {"running": scheduler.running, "waiting": scheduler.waiting, "queue_size": limits.queue_size},
+            "config": config.public_dict(),
+            **metrics.snapshot(),
+        }
+
+    app.include_router(v1)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_id}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def refusal(e: QueueFull | ShuttingDown) -> APIError:
+    """The scheduler's refusals: busy (429, retry shortly) or stopping (503)."""
+    if isinstance(e, QueueFull):
+        return APIError(429, str(e), type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
+    return APIError(503, str(e), type="server_error", code="shutting_down")
+
+
+def sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def chat_template_name(engine: Engine) -> str | None:
+    try:
+        return engine.chat_template.name
+    except Exception:  # a model with no template and no known fallback: chat requests say why
+        return None
+
+
+class RequestMetricsMiddleware:
+    """Counts every HTTP request by route and status, and times the generation routes (to the last byte).
+
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which would sit between a streaming response and
+    the client's disconnect."""
+
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_and_note_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.record_request(route, status, time.perf_counter() - start,
+                                        generation=route in GENERATION_ROUTES)

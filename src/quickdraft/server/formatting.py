@@ -1,0 +1,201 @@
+"""Engine output in OpenAI's response shapes: chat completions and (legacy) text completions, whole or as
+stream chunks.
+
+A formatter is made per request. Streaming: `opening_chunks()` once, `chunks(index, step)` for each engine
+step, `usage_chunk()` at the end when the client asked for usage. Whole: `Choice.add(step)` collects the
+steps of each choice and `response(choices)` builds the body.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from quickdraft.generate import GenerationResponse
+from quickdraft.target import TokenLogprob
+
+
+class TokenText:
+    """Token ids -> the text and bytes they render as (what logprobs report), skipping end-of-generation
+    tokens, which render as nothing and are not part of the content."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def visible(self, logprobs: list[TokenLogprob] | None) -> list[TokenLogprob]:
+        return [lp for lp in logprobs or [] if not self.tokenizer.is_eog(lp.token)]
+
+    def bytes(self, token: int) -> bytes:
+        return self.tokenizer.token_bytes(token)
+
+    def text(self, token: int) -> str:
+        return self.tokenizer.token_bytes(token).decode("utf-8", errors="replace")
+
+
+@dataclass
+class Choice:
+    """One choice of a whole (non-streamed) answer, collected step by step."""
+
+    texts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, step: GenerationResponse) -> None:
+        self.texts.append(step.text)
+        self.logprobs.extend(step.logprobs or [])
+        if step.finish_reason is not None:
+            self.finish_reason = step.finish_reason
+            self.prompt_tokens = step.stats.prompt_tokens
+            self.completion_tokens = step.stats.completion_tokens
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+class Formatter:
+    """One request's answer in OpenAI's shape. Subclasses give `opening_chunks()`, `chunks(index, step)` and
+    `response(choices)`; the id and `created` time are fixed at construction and shared by every chunk."""
+
+    id_prefix = ""  # of the response id
+    chunk_object = ""  # the `object` of stream chunks
+
+    def __init__(self, model: str, tokens: TokenText, *, logprobs: bool, include_usage: bool, echo: list[str]):
+        self.id = self.id_prefix + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.model = model
+        self.tokens = tokens
+        self.logprobs = logprobs
+        self.include_usage = include_usage
+        self.echo = echo
+        # running usage of a stream: final counts of each finished choice
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+
+    def _envelope(self, object_name: str, choices: list[dict]) -> dict:
+        return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
+                "choices": choices}
+
+    def _chunk_envelope(self, choices: list[dict]) -> dict:
+        """A stream chunk; with include_usage every chunk has `usage: null` but the last, which has usage."""
+        chunk = self._envelope(self.chunk_object, choices)
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def _count(self, step: GenerationResponse) -> None:
+        if step.finish_reason is not None:
+            self._prompt_tokens += step.stats.prompt_tokens
+            self._completion_tokens += step.stats.completion_tokens
+
+    def usage_chunk(self) -> dict:
+        chunk = self._envelope(self.chunk_object, [])
+        chunk["usage"] = usage(self._prompt_tokens, self._completion_tokens)
+        return chunk
+
+
+class ChatFormatter(Formatter):
+    id_prefix = "chatcmpl-"
+    chunk_object = "chat.completion.chunk"
+
+    def _logprobs(self, logprobs: list[TokenLogprob]) -> dict | None:
+        if not self.logprobs:
+            return None
+        content = []
+        for lp in self.tokens.visible(logprobs):
+            entry = self._token(lp.token, lp.logprob)
+            entry["top_logprobs"] = [self._token(t, v) for t, v in lp.top]
+            content.append(entry)
+        return {"content": content, "refusal": None}
+
+    def _token(self, token: int, logprob: float) -> dict:
+        return {"token": self.tokens.text(token), "logprob": logprob, "bytes": list(self.tokens.bytes(token))}
+
+    def _chunk(self, index: int, delta: dict, logprobs: dict | None, finish_reason: str | None) -> dict:
+        return self._chunk_envelope(
+            [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
+        )
+
+    def opening_chunks(self) -> list[dict]:
+        """The first chunk carries the role (OpenAI's clients rely on it)."""
+        return [self._chunk(0, {"role": "assistant", "content": ""}, None, None)]
+
+    def chunks(self, index: int, step: GenerationResponse) -> list[dict]:
+        self._count(step)
+        out = []
+        if step.text or (self.logprobs and self.tokens.visible(step.logprobs)):
+            out.append(self._chunk(index, {"content": step.text}, self._logprobs(step.logprobs), None))
+        if step.finish_reason is not None:
+            out.append(self._chunk(index, {}, None, step.finish_reason))
+        return out
+
+    def response(self, choices: list[Choice]) -> dict:
+        body = self._envelope("chat.completion", [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text, "refusal": None},
+                "logprobs": self._logprobs(c.logprobs),
+                "finish_reason": c.finish_reason,
+            }
+            for i, c in enumerate(choices)
+        ])
+        body["usage"] = usage(sum(c.prompt_tokens for c in choices), sum(c.completion_tokens for c in choices))
+        return body
+
+
+class CompletionFormatter(Formatter):
+    id_prefix = "cmpl-"
+    chunk_object = "text_completion"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._offsets = [len(e) for e in self.echo]  # text_offset: where each token starts in the choice's text
+
+    def _logprobs(self, index: int, logprobs: list[TokenLogprob]) -> dict | None:
+        if not self.logprobs:
+            return None
+        out: dict = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for lp in self.tokens.visible(logprobs):
+            text = self.tokens.text(lp.token)
+            out["tokens"].append(text)
+            out["token_logprobs"].append(lp.logprob)
+            out["top_logprobs"].append({self.tokens.text(t): v for t, v in lp.top})
+            out["text_offset"].append(self._offsets[index])
+            self._offsets[index] += len(text)
+        return out
+
+    def _choice(self, index: int, text: str, logprobs: dict | None, finish_reason: str | None) -> dict:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+    def opening_chunks(self) -> list[dict]:
+        return [
+            self._chunk_envelope([self._choice(i, text, None, None)])
+            for i, text in enumerate(self.echo)
+            if text
+        ]
+
+    def chunks(self, index: int, step: GenerationResponse) -> list[dict]:
+        self._count(step)
+        if not step.text and step.finish_reason is None and not (self.logprobs and self.tokens.visible(step.logprobs)):
+            return []
+        logprobs = self._logprobs(index, step.logprobs)
+        return [self._chunk_envelope([self._choice(index, step.text, logprobs, step.finish_reason)])]
+
+    def response(self, choices: list[Choice]) -> dict:
+        body = self._envelope("text_completion", [
+            self._choice(i, self.echo[i] + c.text, self._logprobs(i, c.logprobs), c.finish_reason)
+            for i, c in enumerate(choices)
+        ])
+        body["usage"] = usage(sum(c.prompt_tokens for c in choices), sum(c.completion_tokens for c in choices))
+        return body

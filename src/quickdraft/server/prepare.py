@@ -1,0 +1,132 @@
+"""From a parsed request to what the engine will run: prompt tokens, token limit, sampling, one engine
+stream per choice. Every problem with the request surfaces here, as a 400, before anything is queued.
+
+This runs off the event loop (rendering a chat template and tokenizing a long prompt take a while) and
+while the engine worker may be decoding: it only uses the tokenizer, which llama.cpp allows concurrently
+with decoding (llama.cpp's own server tokenizes in its HTTP threads too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import jinja2
+
+from quickdraft.config import Config
+from quickdraft.engine import Engine
+from quickdraft.errors import InvalidRequestError
+from quickdraft.generate import GenerationResponse
+from quickdraft.server.errors import bad_request, from_engine_error
+from quickdraft.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationFields
+
+MAX_STOP_STRINGS = 16
+SEED_MASK = (1 << 64) - 1  # OpenAI seeds are signed 64-bit; numpy's seed sequences take non-negative ints
+
+
+@dataclass
+class PreparedRequest:
+    streams: list[Iterator[GenerationResponse]]  # one per choice, not started: the engine is not held yet
+    echo: list[str]  # text each choice starts with (completions with echo: the prompt), else ""
+    top_logprobs: int | None  # None: no log-probabilities; n: each token's and its n best alternatives
+    stream: bool
+    include_usage: bool
+
+
+def prepare_chat(engine: Engine, config: Config, req: ChatCompletionRequest) -> PreparedRequest:
+    check_supported(req)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
+    try:
+        prompt = engine.chat_prompt([m.as_template_input() for m in req.messages])
+    except InvalidRequestError as e:
+        raise from_engine_error(e, "messages") from None
+    except (jinja2.TemplateError, TypeError, ValueError) as e:  # the template choked on these messages
+        raise bad_request(f"the model's chat template cannot render these messages: {e}",
+                          param="messages") from None
+    top = (req.top_logprobs or 0) if req.logprobs else None
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    stream = open_stream(engine, config, req, prompt, max_tokens, top)
+    return PreparedRequest([stream], [""], top, bool(req.stream), req.include_usage)
+
+
+def prepare_completion(engine: Engine, config: Config, req: CompletionRequest) -> PreparedRequest:
+    check_supported(req)
+    if req.suffix:
+        raise bad_request("suffix is not supported", param="suffix")
+    if req.best_of not in (None, 1):
+        raise bad_request("best_of must be 1", param="best_of")
+    if req.echo and req.logprobs is not None:
+        raise bad_request("echo with logprobs is not supported (prompt log-probabilities are not computed)",
+                          param="echo")
+    prompts = split_prompts(req.prompt)
+    streams, echo = [], []
+    for i, prompt in enumerate(prompts):
+        param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+        try:
+            tokens = engine.tokenize(prompt)
+        except InvalidRequestError as e:
+            raise from_engine_error(e, param) from None
+        streams.append(open_stream(engine, config, req, tokens, req.max_tokens, req.logprobs))
+        if req.echo:
+            echo.append(prompt if isinstance(prompt, str) else engine.tokenizer.detokenize(prompt))
+        else:
+            echo.append("")
+    return PreparedRequest(streams, echo, req.logprobs, bool(req.stream), req.include_usage)
+
+
+def split_prompts(prompt) -> list[str | list[int]]:
+    """OpenAI's prompt forms: "text", ["text", ...], [token ids], [[token ids], ...]; one choice each."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise bad_request("prompt is empty", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]
+    return list(prompt)
+
+
+def check_supported(req: GenerationFields) -> None:
+    """Reject what this server cannot honour, rather than silently answer something else."""
+    if req.n not in (None, 1):
+        raise bad_request("n must be 1: this server generates one choice per prompt", param="n")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(req, name):
+            raise bad_request(f"{name} is not supported (it would change the model's distribution)", param=name)
+    if req.logit_bias:
+        raise bad_request("logit_bias is not supported", param="logit_bias")
+    if len(req.stop_strings()) > MAX_STOP_STRINGS:
+        raise bad_request(f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
+
+
+def open_stream(
+    engine: Engine,
+    config: Config,
+    req: GenerationFields,
+    prompt: Sequence[int],
+    max_tokens: int | None,
+    top_logprobs: int | None,
+) -> Iterator[GenerationResponse]:
+    """The engine stream for one prompt. max_tokens: the request's, else the configured default; capped by
+    the configured limit and by the room the prompt leaves in the context."""
+    defaults = config.sampling
+    room = engine.target.n_ctx - len(prompt)
+    limit = min(max_tokens or defaults.max_tokens, config.server.limits.max_tokens, room)
+    options = req.quickdraft
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    try:
+        return engine.stream(
+            prompt,
+            max_tokens=max(1, limit),
+            stop=req.stop_strings(),
+            top_logprobs=top_logprobs,
+            draft=options.draft if options else None,
+            k=options.k if options else None,
+            temperature=pick(req.temperature, defaults.temperature),
+            top_p=pick(req.top_p, defaults.top_p),
+            top_k=pick(req.top_k, defaults.top_k),
+            min_p=pick(req.min_p, defaults.min_p),
+            seed=None if req.seed is None else req.seed & SEED_MASK,
+        )
+    except InvalidRequestError as e:  # a sampling value or drafter the engine refuses
+        raise from_engine_error(e) from None

@@ -1,0 +1,322 @@
+"""The adaptive controller against simulated drafters: known acceptance and cost curves, so the best choice
+is known exactly. No models, no timing: costs are the simulation's, reported to the controller as seconds."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pytest
+
+from quickdraft.acceptance import expected_accepted
+from quickdraft.controller import (
+    AcceptanceStats,
+    AdaptiveController,
+    MachineModel,
+    VerifyFit,
+    best_k,
+    effective_rate,
+)
+from quickdraft.drafters import NoDrafter, Proposal
+
+
+@dataclass
+class World:
+    """verify_ms(n): a target pass over n tokens. draft_ms[d]: one draft token. acceptance(d, round): the
+    chance each draft position is right, given the ones before it were. proposes(d, round): the chance d
+    proposes anything at all."""
+
+    verify_ms: Callable[[int], float]
+    draft_ms: dict[str, float]
+    acceptance: Callable[[str, int], float]
+    proposes: Callable[[str, int], float] = lambda d, r: 1.0
+
+
+class Sim:
+    """A simulated request stream: the text the target writes is fixed by a seed, and a drafter guesses it."""
+
+    def __init__(self, world: World, seed: int = 0):
+        self.world = world
+        self.seed = seed
+        self.round = 0
+        self.requests = 0
+        self._truth: list[int] = []
+
+    def true_token(self, i: int) -> int:
+        while len(self._truth) <= i:
+            self._truth.append(random.Random(f"{self.seed}:{self.requests}:{len(self._truth)}").randrange(10**9))
+        return self._truth[i]
+
+    def controller(self, *names: str, machine: MachineModel | None = None, max_k: int = 16) -> AdaptiveController:
+        return AdaptiveController([FakeDrafter(n, self) for n in names], NoDrafter(), machine, max_k=max_k)
+
+
+class FakeDrafter:
+    """Proposes the true token at each position with the world's acceptance (wrong from the first miss on),
+    or nothing at all; the same context always gets the same proposal."""
+
+    def __init__(self, name: str, sim: Sim):
+        self.name = name
+        self.sim = sim
+        self.started_with: list[int] | None = None
+
+    def start(self, prompt):
+        self.started_with = list(prompt)
+
+    def propose(self, context, k, sampling, rng):
+        sim, at = self.sim, len(context)
+        r = random.Random(f"{sim.seed}:{sim.requests}:{self.name}:{at}")
+        if r.random() >= sim.world.proposes(self.name, sim.round):
+            return Proposal()
+        a = sim.world.acceptance(self.name, sim.round)
+        tokens, right = [], True
+        for j in range(k):
+            right = right and r.random() < a
+            tokens.append(sim.true_token(at + j) if right else -1 - j)
+        return Proposal(tokens)
+
+
+@dataclass
+class Log:
+    rounds: list[tuple[str, int, int, float]] = field(default_factory=list)  # drafter, k, tokens, seconds
+
+    def throughput(self, start: int = 0, end: int | None = None) -> float:
+        part = self.rounds[start:end]
+        return sum(r[2] for r in part) / sum(r[3] for r in part)
+
+    def speculating(self, start: int = 0, end: int | None = None) -> float:
+        part = self.rounds[start:end]
+        return sum(1 for r in part if r[0] != "none") / len(part)
+
+    def share(self, drafter: str, start: int = 0) -> float:
+        part = self.rounds[start:]
+        return sum(1 for r in part if r[0] == drafter) / len(part)
+
+    def k_mode(self, start: int = 0) -> int:
+        ks = [r[1] for r in self.rounds[start:] if r[0] != "none"]
+        return max(set(ks), key=ks.count)
+
+
+def simulate(controller: AdaptiveController, sim: Sim, rounds: int, *, prompt_len: int = 50,
+             log: Log | None = None) -> Log:
+    """One request of `rounds` rounds, driven the way quickdraft.generate drives a policy."""
+    log = log or Log()
+    sim.requests += 1
+    sim._truth = []
+    controller.start()
+    context = [sim.true_token(i) for i in range(prompt_len)]
+    for d in controller.drafters:
+        d.start(context)
+    for _ in range(rounds):
+        drafter, k = controller.choose()
+        proposal = drafter.propose(context, k, None, None) if k > 0 else Proposal()
+        tokens = proposal.tokens[:k]
+        accepted = 0
+        while accepted < len(tokens) and tokens[accepted] == sim.true_token(len(context) + accepted):
+            accepted += 1
+        draft_s = k * sim.world.draft_ms.get(drafter.name, 0.0) / 1e3
+        verify_s = sim.world.verify_ms(len(tokens) + 1) / 1e3
+        controller.observe(drafter, k, len(tokens), accepted, draft_s, verify_s)
+        context += [sim.true_token(len(context)) for _ in range(accepted + 1)]
+        log.rounds.append((drafter.name, k if drafter.name != "none" else 0, accepted + 1, draft_s + verify_s))
+        sim.round += 1
+    return log
+
+
+def fixed_throughput(world: World, drafter: str, k: int, a: float) -> float:
+    """Tokens/s of always drafting k tokens with a constant acceptance a (the analytic optimum's yardstick)."""
+    tokens = expected_accepted(a, k)
+    seconds = (k * world.draft_ms[drafter] + world.verify_ms(k + 1)) / 1e3
+    return tokens / seconds
+
+
+def linear_verify(step_ms: float, per_token_ms: float) -> Callable[[int], float]:
+    return lambda n: step_ms + per_token_ms * (n - 1)
+
+
+# ---- the pure pieces ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("a", [0.0, 0.3, 0.8, 0.95])
+def test_constant_acceptance_gives_the_closed_form(a):
+    """With one rate everywhere and p = 1, best_k's E[tokens] is (1 - a^(k+1)) / (1 - a)."""
+    verify = [0.010] * 10  # flat verify, free drafts: rate = E[tokens] / 10 ms
+    for k in (1, 3, 6):
+        _, rate = best_k([a] * k, 1.0, 0.0, verify)
+        best_possible = max(expected_accepted(a, j) for j in range(1, k + 1)) / 0.010
+        assert rate == pytest.approx(best_possible)
+
+
+def test_no_proposal_costs_a_target_step_and_earns_one_token():
+    """A drafter that never proposes: every round is a target step, so it never beats the target alone."""
+    verify = [0.010 * (1 + (n - 1) / 7) for n in range(10)]
+    _, rate = best_k([0.9] * 8, 0.0, 1e-5, verify)
+    assert rate < 1 / verify[1]
+    _, rate_free = best_k([0.9] * 8, 0.0, 0.0, verify)
+    assert rate_free == pytest.approx(1 / verify[1])
+
+
+def test_entry_cost_is_spread_over_the_horizon():
+    assert effective_rate(100.0, 0.0) == 100.0
+    assert effective_rate(100.0, 0.64, horizon=64) == pytest.approx(50.0)
+
+
+def test_acceptance_counts_positions_tried():
+    s = AcceptanceStats()
+    s.observe(drafted=4, accepted=2, decay=1.0)  # positions 0, 1 accepted, 2 rejected, 3 never tried
+    s.observe(drafted=0, accepted=0, decay=1.0)  # no proposal
+    assert s.tried == [1, 1, 1]
+    assert s.accepted == [1, 1, 0]
+    assert s.asked == 2 and s.proposed == 1
+    rates = s.position_rates(prior=0.5, n=4, weight=1e-9)
+    assert rates[:3] == pytest.approx([1.0, 1.0, 0.0], abs=1e-6)
+
+
+def test_verify_fit_follows_measurements():
+    fit = VerifyFit.from_samples({1: 0.010, 9: 0.020}, {1: 5, 9: 5})
+    assert fit.seconds(1) == pytest.approx(0.010)
+    assert fit.seconds(5) == pytest.approx(0.015)  # a line between the measured sizes
+    assert fit.seconds(17) == pytest.approx(0.030)
+
+
+# ---- the controller in simulated worlds ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "a, step_ms, per_token_ms, draft_ms",
+    [
+        (0.9, 10.0, 1.0, 1.0),  # good draft, cheap verification: a long k pays
+        (0.6, 10.0, 2.0, 1.5),  # mediocre draft: a short k
+        (0.8, 10.0, 0.3, 0.2),  # almost free drafting and verification: long k again
+        (0.95, 20.0, 10.0, 0.0),  # verification costs half a step a token (Gemma's vocabulary on a CPU)
+    ],
+)
+def test_picks_the_k_that_maximises_throughput(a, step_ms, per_token_ms, draft_ms):
+    world = World(linear_verify(step_ms, per_token_ms), {"draft": draft_ms}, lambda d, r: a)
+    by_k = {k: fixed_throughput(world, "draft", k, a) for k in range(1, 17)}
+    k_star = max(by_k, key=by_k.get)
+    sim = Sim(world, seed=1)
+    log = simulate(sim.controller("draft"), sim, 3000)
+    # after learning, the controller mostly picks the optimum (or a neighbour within 2% of it)
+    near = {k for k, t in by_k.items() if t >= 0.98 * by_k[k_star]}
+    assert log.k_mode(start=500) in near, (log.k_mode(start=500), k_star, by_k)
+    assert log.throughput(start=500) >= 0.95 * by_k[k_star]
+    assert log.throughput(start=500) > 1.05 * (1000 / step_ms)  # and it beats the target alone
+
+
+def test_turns_speculation_off_when_drafts_are_always_rejected():
+    sim = Sim(World(linear_verify(10.0, 1.5), {"draft": 2.0}, lambda d, r: 0.0))
+    log = simulate(sim.controller("draft"), sim, 1000)
+    assert log.speculating(start=100) < 0.03  # only sparse probes, with backoff
+    probes = [i for i, r in enumerate(log.rounds) if r[0] != "none"]
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert len(probes) >= 5  # it keeps looking...
+    assert gaps == sorted(gaps) and gaps[-1] >= 8 * gaps[1]  # ...ever more rarely
+    assert log.throughput(start=100) >= 0.97 * (1000 / 10.0)
+
+
+def test_comes_back_when_drafts_are_accepted_again():
+    switch = 600
+    sim = Sim(World(linear_verify(10.0, 1.5), {"draft": 2.0}, lambda d, r: 0.0 if r < switch else 0.9))
+    log = simulate(sim.controller("draft"), sim, 1400)
+    assert log.speculating(400, switch) < 0.05
+    settle = switch + 128 + 10  # at most one maximal probe interval after the change
+    assert log.speculating(settle) > 0.95
+    assert log.throughput(settle) > 1.5 * (1000 / 10.0)
+
+
+def test_a_free_drafter_is_judged_in_shadow():
+    """An n-gram-like drafter (microseconds) is scored on every round's output without being used: off at no
+    cost while its drafts are wrong, back within a few rounds once they are right."""
+    switch = 600
+    sim = Sim(World(linear_verify(10.0, 5.0), {"ngram": 0.0001}, lambda d, r: 0.0 if r < switch else 0.95))
+    log = simulate(sim.controller("ngram"), sim, 1000)
+    wasted = sum(1 for r in log.rounds[20:switch] if r[0] != "none")
+    assert wasted == 0  # no paid probes: shadows tell it the drafts would fail
+    assert log.speculating(switch + 10) > 0.95
+    assert log.throughput(start=20, end=switch) >= 0.99 * (1000 / 10.0)
+
+
+def test_no_proposal_rounds_cost_nothing_and_good_ones_are_taken():
+    """The drafter proposes in 10% of rounds, always right: speculate exactly then, and never lose."""
+    sim = Sim(World(linear_verify(10.0, 5.0), {"ngram": 0.0001}, lambda d, r: 1.0, lambda d, r: 0.1))
+    log = simulate(sim.controller("ngram"), sim, 2000)
+    assert log.throughput(start=100) > 1000 / 10.0
+
+
+def test_picks_the_drafter_that_pays_more():
+    """A cheap n-gram drafter that rarely proposes against an accurate but costly draft model, both ways."""
+    verify = linear_verify(10.0, 1.0)
+    sim = Sim(World(verify, {"ngram": 0.0001, "model": 2.0},
+                    lambda d, r: 0.6 if d == "ngram" else 0.9, lambda d, r: 0.2 if d == "ngram" else 1.0), seed=3)
+    log = simulate(sim.controller("ngram", "model"), sim, 1500)
+    assert log.share("model", start=300) > 0.9
+
+    sim = Sim(World(verify, {"ngram": 0.0001, "model": 9.0},
+                    lambda d, r: 0.9, lambda d, r: 0.7 if d == "ngram" else 1.0), seed=4)
+    log = simulate(sim.controller("ngram", "model"), sim, 1500)
+    assert log.share("ngram", start=300) > 0.6 and log.share("model", start=300) < 0.05
+
+
+def test_every_drafter_gets_tried():
+    """A decent n-gram drafter listed first must not hide a better, never-tried draft model."""
+    sim = Sim(World(linear_verify(10.0, 1.0), {"ngram": 0.0, "model": 0.5},
+                    lambda d, r: 0.8 if d == "ngram" else 0.97), seed=5)
+    log = simulate(sim.controller("ngram", "model"), sim, 600)
+    assert log.share("model", start=100) > 0.9
+
+
+def test_a_busier_machine_changes_the_level_not_the_choice():
+    """Everything gets 3x slower at round 800 (another process took the cores): the same best k after."""
+    a = 0.85
+    quiet = World(linear_verify(10.0, 1.0), {"draft": 1.0}, lambda d, r: a)
+    busy = World(lambda n: 3 * linear_verify(10.0, 1.0)(n), {"draft": 3.0}, lambda d, r: a)
+    by_k = {k: fixed_throughput(quiet, "draft", k, a) for k in range(1, 17)}
+    near = {k for k, t in by_k.items() if t >= 0.98 * max(by_k.values())}
+    sim = Sim(quiet)
+    controller = sim.controller("draft")
+    log = simulate(controller, sim, 800)
+    sim.world = busy
+    simulate(controller, sim, 800, log=log)
+    assert log.k_mode(start=300) in near
+    assert log.k_mode(start=1000) in near
+    assert controller.machine.costs.verify_seconds(1) == pytest.approx(0.030, rel=0.1)  # was 0.010
+
+
+def test_machine_costs_are_shared_acceptance_is_per_request():
+    machine = MachineModel()
+    sim = Sim(World(linear_verify(10.0, 1.0), {"draft": 1.0}, lambda d, r: 0.9))
+    simulate(sim.controller("draft", machine=machine), sim, 300)
+    assert machine.costs.verify_seconds(1) == pytest.approx(0.010, rel=0.02)  # rarely measured: fitted
+    assert machine.costs.verify_seconds(9) == pytest.approx(0.018, rel=0.02)
+    assert machine.costs.draft_seconds("draft", 3) == pytest.approx(0.003, rel=0.02)
+
+    # a new request on the same machine: costs known from the start, acceptance starts from the prior
+    fresh = sim.controller("draft", machine=machine)
+    fresh.start()
+    assert fresh._stats["draft"].asked == 0
+    a_prior, _ = machine.history.prior("draft")
+    assert a_prior > 0.8  # what earlier requests saw
+    sim.world = World(sim.world.verify_ms, sim.world.draft_ms, lambda d, r: 0.0)
+    log = simulate(fresh, sim, 300)
+    assert log.speculating(start=50) < 0.05
+
+
+def test_decisions_are_visible():
+    sim = Sim(World(linear_verify(10.0, 1.0), {"draft": 1.0}, lambda d, r: 0.9))
+    controller = sim.controller("draft")
+    simulate(controller, sim, 200)
+    info = controller.describe()
+    assert info["policy"] == "auto"
+    assert sum(controller.choices.values()) == 200
+    assert any(key.startswith("draft:") for key in controller.choices)
+    assert {o["drafter"] for o in info["options"]} == {"none", "draft"}
+    assert info["costs"]["verify_ms"]
+
+
+def test_prompt_reaches_the_drafters():
+    sim = Sim(World(linear_verify(10.0, 1.0), {}, lambda d, r: 0.5))
+    inner = FakeDrafter("draft", sim)
+    controller = AdaptiveController([inner], NoDrafter())
+    controller.start()
+    for d in controller.drafters:
+        d.start([1, 2, 3])
+    assert inner.started_with == [1, 2, 3]
+    assert controller.unseen("draft") == 2  # the prompt, less the token each round adds anyway

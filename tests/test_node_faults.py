@@ -1,0 +1,162 @@
+"""Nodes that die, stall or restart, as real processes: killed with SIGKILL, frozen with SIGSTOP.
+
+- a draft node that dies or stalls mid-generation: the request completes on the target alone, with the
+  target-alone output, and the failure is counted; drafting resumes once the node is back;
+- a target node that dies or stalls: the request fails with NodeUnavailableError within its timeout, and
+  the next request after a restart works;
+- a target node restarted mid-generation: the coordinator re-creates the session from its token history.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+
+from conftest import DRAFT, TARGET
+from quickdraft import Engine
+from quickdraft.errors import NodeUnavailableError
+from quickdraft.node.launch import NodeProcess
+
+MAX_TOKENS = 40
+PROMPT = "Write a short story about a lighthouse keeper."
+
+
+def counter(name: str, node: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, {"node": node, **labels}) or 0.0
+
+
+@pytest.fixture(scope="module")
+def local():
+    return Engine.load(TARGET, "none", k=4, threads=1)
+
+
+@pytest.fixture(scope="module")
+def prompt(local):
+    return local.chat_prompt([{"role": "user", "content": PROMPT}])
+
+
+@pytest.fixture(scope="module")
+def baseline(local, prompt):
+    return local.generate(prompt, max_tokens=MAX_TOKENS).tokens
+
+
+@pytest.fixture
+def target():
+    node = NodeProcess(TARGET, "target", cpus="0").start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def draft():
+    node = NodeProcess(DRAFT, "draft", cpus="1").start()
+    yield node
+    node.stop()
+
+
+def stream_after(engine, prompt, n_pieces: int, action, **kwargs):
+    """Generate, run `action` after the first n_pieces responses, finish; the tokens and the last stats."""
+    tokens, last = [], None
+    for i, piece in enumerate(engine.stream(prompt, max_tokens=MAX_TOKENS, **kwargs)):
+        tokens += piece.tokens
+        last = piece
+        if i + 1 == n_pieces:
+            action()
+    return tokens, last.stats
+
+
+def wait_until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+# ---- the draft node ---------------------------------------------------------------------------------------
+def test_draft_node_killed_mid_generation_then_back(target, draft, prompt, baseline):
+    engine = Engine.load(target.url, draft=draft.url, k=4)
+    fallback = engine.drafters["model"]
+    label = draft.url
+    failures, fallbacks = counter("quickdraft_draft_failures_total", label), \
+        counter("quickdraft_draft_fallback_rounds_total", label)
+
+    tokens, stats = stream_after(engine, prompt, 2, draft.kill)
+    assert tokens == baseline  # completed, and exactly the target's output
+    assert fallback.down and fallback.fallback_rounds > 0
+    assert counter("quickdraft_draft_failures_total", label) > failures
+    assert counter("quickdraft_draft_fallback_rounds_total", label) > fallbacks
+
+    draft.start()  # same port
+    wait_until(fallback._available, timeout=15)
+    result = engine.generate(prompt, max_tokens=MAX_TOKENS)
+    assert result.tokens == baseline
+    assert not fallback.down and result.stats.accepted > 0  # drafting resumed
+
+
+def test_draft_node_that_stalls_times_out_and_resumes(target, draft, prompt, baseline):
+    engine = Engine.load(target.url, draft=draft.url + "?timeout=1&connect_timeout=1", k=4)
+    fallback = engine.drafters["model"]
+    t0 = time.monotonic()
+    tokens, stats = stream_after(engine, prompt, 2, lambda: draft.signal(signal.SIGSTOP))
+    assert tokens == baseline
+    assert fallback.down and fallback.failures >= 1
+    assert time.monotonic() - t0 < 60  # a stall costs a timeout, not the request
+    draft.signal(signal.SIGCONT)
+    wait_until(fallback._available, timeout=15)
+    result = engine.generate(prompt, max_tokens=MAX_TOKENS)
+    assert result.tokens == baseline and not fallback.down and result.stats.accepted > 0
+
+
+def test_an_unreachable_draft_node_is_refused_at_load(target, draft):
+    url = draft.url
+    draft.stop()
+    with pytest.raises(NodeUnavailableError, match="not reachable"):
+        Engine.load(target.url, draft=url)
+
+
+# ---- the target node --------------------------------------------------------------------------------------
+def test_target_node_killed_fails_fast_and_a_restart_serves_again(target, draft, prompt, baseline):
+    engine = Engine.load(target.url, draft=draft.url, k=4)
+    assert engine.generate(prompt, max_tokens=8).tokens == baseline[:8]
+    failures = counter("quickdraft_target_failures_total", target.url)
+    target.kill()
+    t0 = time.monotonic()
+    with pytest.raises(NodeUnavailableError, match="target node"):
+        engine.generate(prompt, max_tokens=MAX_TOKENS)
+    assert time.monotonic() - t0 < 5
+    assert counter("quickdraft_target_failures_total", target.url) > failures
+
+    target.start()  # same port
+    assert engine.generate(prompt, max_tokens=MAX_TOKENS).tokens == baseline
+
+
+def test_target_node_killed_mid_generation_fails_the_request(target, prompt):
+    engine = Engine.load(target.url, draft="ngram", k=4)
+    t0 = time.monotonic()
+    with pytest.raises(NodeUnavailableError):
+        stream_after(engine, prompt, 2, target.kill)
+    assert time.monotonic() - t0 < 30
+
+
+def test_target_node_that_stalls_fails_within_its_timeout(target, prompt):
+    engine = Engine.load(target.url + "?timeout=2", draft="ngram", k=4)
+    engine.generate(prompt, max_tokens=4)
+    target.signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(NodeUnavailableError, match="did not answer"):
+            engine.generate(prompt, max_tokens=MAX_TOKENS)
+        elapsed = time.monotonic() - t0
+        assert 1.5 < elapsed < 5
+    finally:
+        target.signal(signal.SIGCONT)
+
+
+def test_target_restart_mid_generation_recreates_the_session(target, draft, prompt, baseline):
+    engine = Engine.load(target.url, draft=draft.url, k=4)
+    recreated = counter("quickdraft_node_sessions_recreated_total", target.url, role="target")
+    tokens, stats = stream_after(engine, prompt, 2, target.restart)
+    assert tokens == baseline
+    assert counter("quickdraft_node_sessions_recreated_total", target.url, role="target") == recreated + 1

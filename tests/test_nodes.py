@@ -1,0 +1,196 @@
+"""Two real `quickdraft node` processes on loopback (target on core 0, draft on core 1) against the target
+alone in this process: same tokens, same seeded samples, same logprobs, few bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import DRAFT, TARGET
+from quickdraft import Engine
+from quickdraft.errors import IncompatibleVocabError
+from quickdraft.node import protocol as p
+from quickdraft.node.launch import NodeProcess
+from quickdraft.node.server import NodeServer
+from quickdraft.node.service import NodeService
+
+PROMPTS = [
+    "Write a short story about a robot who learns to paint.",
+    "Explain why the sky is blue in two sentences.",
+    "List three uses of a paperclip.",
+]
+MAX_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    with NodeProcess(TARGET, "target", cpus="0") as target, NodeProcess(DRAFT, "draft", cpus="1") as draft:
+        yield target, draft
+
+
+@pytest.fixture(scope="module")
+def local():
+    """The in-process engine the nodes must agree with: the same two models, one thread each."""
+    return Engine.load(TARGET, DRAFT, k=4, threads=1)
+
+
+@pytest.fixture(scope="module")
+def remote(nodes):
+    target, draft = nodes
+    return Engine.load(target.url, draft=draft.url, k=4)
+
+
+@pytest.fixture(scope="module")
+def remote_unpipelined(nodes):
+    target, draft = nodes
+    return Engine.load(target.url, draft=draft.url + "?pipeline=0", k=4)
+
+
+@pytest.fixture(scope="module")
+def prompts(local):
+    return [local.chat_prompt([{"role": "user", "content": t}]) for t in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def baselines(local, prompts):
+    return [local.generate(t, max_tokens=MAX_TOKENS, draft="none").tokens for t in prompts]
+
+
+def test_remote_engine_describes_the_node_model(remote, local):
+    assert remote.target.name == TARGET and remote.target.n_ctx == local.target.n_ctx
+    assert remote.tokenizer.vocab_fingerprint == local.tokenizer.vocab_fingerprint
+    # K is capped to what the node's machine verifies bit-exactly, as a local target's is
+    assert remote.target.max_k == remote.target.info["max_exact_k"] == local.target.max_k
+    assert remote.chat_prompt([{"role": "user", "content": PROMPTS[0]}]) == \
+        local.chat_prompt([{"role": "user", "content": PROMPTS[0]}])
+
+
+@pytest.mark.parametrize("engine_name", ["remote", "remote_unpipelined"])
+def test_greedy_through_nodes_is_the_target_alone(request, engine_name, prompts, baselines):
+    engine = request.getfixturevalue(engine_name)
+    for tokens, expected in zip(prompts, baselines):
+        result = engine.generate(tokens, max_tokens=MAX_TOKENS, draft="model")
+        assert result.tokens == expected
+        assert result.stats.drafted > 0 and result.stats.accepted > 0
+    engine_only_target = engine.generate(prompts[0], max_tokens=MAX_TOKENS, draft="none")
+    assert engine_only_target.tokens == baselines[0]
+
+
+def test_pipelining_uses_prefetched_drafts(remote, prompts):
+    pipelined = remote.drafters["model"].inner
+    hits_before = pipelined.hits
+    for tokens in prompts:
+        remote.generate(tokens, max_tokens=MAX_TOKENS, draft="model")
+    assert pipelined.hits > hits_before
+
+
+def test_seeded_sampling_is_reproducible(remote, prompts):
+    runs = [remote.generate(prompts[0], max_tokens=MAX_TOKENS, temperature=0.9, seed=11).tokens for _ in range(2)]
+    other = remote.generate(prompts[0], max_tokens=MAX_TOKENS, temperature=0.9, seed=12).tokens
+    assert runs[0] == runs[1]
+    assert other != runs[0]
+
+
+def test_seeded_sampling_through_nodes_is_the_local_path(local, remote, remote_unpipelined, prompts):
+    """The node draws the same random numbers (its RNG is handed the request's state) and the draft's sparse
+    distributions cross the wire bit for bit, so even sampled output equals the in-process engine's."""
+    sampling = dict(temperature=0.8, top_p=0.95, seed=5)
+    alone = local.generate(prompts[1], max_tokens=MAX_TOKENS, draft="none", **sampling).tokens
+    assert remote.generate(prompts[1], max_tokens=MAX_TOKENS, draft="none", **sampling).tokens == alone
+    speculative = local.generate(prompts[1], max_tokens=MAX_TOKENS, draft="model", **sampling)
+    through_nodes = remote_unpipelined.generate(prompts[1], max_tokens=MAX_TOKENS, draft="model", **sampling)
+    assert through_nodes.stats.drafted > 0
+    assert through_nodes.tokens == speculative.tokens
+
+
+def test_logprobs_through_nodes_equal_the_local_path(local, remote, prompts):
+    here = local.generate(prompts[2], max_tokens=16, draft="none", top_logprobs=5)
+    there = remote.generate(prompts[2], max_tokens=16, draft="model", top_logprobs=5)
+    assert there.tokens == here.tokens
+    assert there.logprobs == here.logprobs  # exact floats, the same top-5 alternatives
+    assert len(there.logprobs) == len(there.tokens) and len(there.logprobs[0].top) == 5
+
+
+def test_bytes_per_round_are_token_ids_not_tensors(remote, prompts):
+    target = remote.target.client
+    drafter = remote.drafters["model"].inner.inner.client
+    for mode, sampling in (("greedy", {}), ("sampled", {"temperature": 0.8, "seed": 3})):
+        target.stats.clear()
+        drafter.stats.clear()
+        remote.generate(prompts[0], max_tokens=MAX_TOKENS, draft="model", **sampling)
+        v, d = target.stats["verify"], drafter.stats["draft"]
+        verify_bytes = (v.bytes_sent + v.bytes_received) / v.calls
+        draft_bytes = (d.bytes_sent + d.bytes_received) / d.calls
+        print(f"\n{mode}: {v.calls} rounds, verify {verify_bytes:.0f} B/round, draft {draft_bytes:.0f} B/call")
+        if mode == "greedy":  # a few token ids each way
+            assert verify_bytes < 150 and draft_bytes < 150
+        else:  # plus the draft's top-32 distribution for each of k+1 = 5 tokens: ids and float64 probs
+            assert draft_bytes < 5 * 32 * (5 + 9) + 200
+            assert v.bytes_sent / v.calls < 4 * 32 * (5 + 9) + 200
+        # one full-vocabulary distribution alone would be 262144 x 4 bytes
+        assert max(v.bytes_sent, v.bytes_received, d.bytes_sent, d.bytes_received) / v.calls < 262144 * 4 / 100
+
+
+def test_a_draft_with_another_vocabulary_is_refused_at_connect(nodes):
+    target, _ = nodes
+    with NodeProcess("smollm2-135m", "draft") as smol:
+        with pytest.raises(IncompatibleVocabError, match="vocabulary"):
+            Engine.load(target.url, draft=smol.url)
+
+
+def test_roles_are_checked_at_connect(nodes):
+    target, draft = nodes
+    with pytest.raises(p.NodeProtocolError, match="draft node"):
+        Engine.load(draft.url, draft="ngram")
+    with pytest.raises(p.NodeProtocolError, match="target node"):
+        Engine.load(target.url, draft=target.url)
+
+
+class OtherVersionService(NodeService):
+    """A node of another quickdraft release: it answers info with another protocol version."""
+
+    def op_info(self, request):
+        return {**self.info(), "protocol": p.PROTOCOL_VERSION + 1, "quickdraft": "9.9.9"}
+
+
+def test_another_protocol_version_is_refused_at_connect(local):
+    server = NodeServer(OtherVersionService(local.tokenizer, "target")).start()
+    try:
+        with pytest.raises(p.NodeProtocolError, match="protocol"):
+            Engine.load(server.url, draft="ngram")
+    finally:
+        server.shutdown()
+
+
+def test_append_then_draft_equals_the_local_drafter(nodes, local):
+    """`append` commits tokens decided elsewhere; the next draft continues from them."""
+    import numpy as np
+
+    from quickdraft.drafters import ModelDrafter
+    from quickdraft.node.remote import RemoteDrafter
+    from quickdraft.sampling import SamplingParams
+
+    _, draft = nodes
+    remote = RemoteDrafter(draft.url, vocab_fingerprint=local.tokenizer.vocab_fingerprint)
+    remote.connect()
+    context = local.tokenize("Roses are red, violets are")
+    rng = np.random.default_rng(0)
+    assert remote.append(context[:3], SamplingParams(), rng) == 3
+    assert remote.append(context, SamplingParams(), rng) == len(context)
+    proposal = remote.propose(context, 4, SamplingParams(), rng)
+    expected = ModelDrafter(local.drafters["model"].model).propose(context, 4, SamplingParams(), rng)
+    assert proposal.tokens == expected.tokens
+    remote.close()
+
+
+def test_generation_up_to_the_end_of_a_short_context(nodes):
+    """A target node with a small context: the request stops at the context's end, as the local one does."""
+    _, draft = nodes
+    with NodeProcess(TARGET, "target", ctx=64) as short:
+        remote = Engine.load(short.url, draft=draft.url, k=4)
+        local = Engine.load(TARGET, "none", n_ctx=64, threads=1)
+        prompt = local.chat_prompt([{"role": "user", "content": PROMPTS[0]}])
+        expected = local.generate(prompt, max_tokens=500)
+        result = remote.generate(prompt, max_tokens=500)
+        assert remote.target.n_ctx == local.target.n_ctx
+        assert result.tokens == expected.tokens and result.finish_reason == expected.finish_reason == "length"
+        assert len(prompt) + len(result.tokens) == remote.target.n_ctx
