@@ -210,6 +210,14 @@ def test_bad_prompt_files_are_refused(tmp_path):
         prompt_sets.load_file(bad)
 
 
+def test_k_is_capped_where_batches_stop_being_exact():
+    from quickdraft.bench.session import effective_ks
+
+    assert effective_ks([2, 4, 8], None) == [2, 4, 8]
+    assert effective_ks([2, 4, 8], 3) == [2, 3]  # as Engine.load caps it: the bench measures what users get
+    assert effective_ks([4], 0) == []  # no batch is exact: only the target alone runs
+
+
 def test_configurations():
     names = [c.name for c in local_configs(["ngram", "gemma-3-270m", "auto"], [2, 4], ["ngram", "gemma-3-270m"])]
     assert names == ["target alone", "ngram k=2", "ngram k=4", "gemma-3-270m k=2", "gemma-3-270m k=4",

@@ -280,6 +280,22 @@ def test_a_busier_machine_changes_the_level_not_the_choice():
     assert controller.machine.costs.verify_seconds(1) == pytest.approx(0.030, rel=0.1)  # was 0.010
 
 
+def test_costs_stay_true_when_speculation_comes_and_goes():
+    """Verification costs about half a step per extra token (Gemma's 262k-row output layer on a CPU, as
+    measured), and the drafts are good and bad in turns: the learnt costs must still match the truth."""
+    world = World(lambda n: 10.0 + 8.0 * n, {"draft": 1.0}, lambda d, r: 0.97 if (r // 60) % 2 else 0.0)
+    sim = Sim(world, seed=7)
+    controller = sim.controller("draft")
+    log = simulate(controller, sim, 1200)
+    costs = controller.machine.costs
+    assert costs.verify_seconds(1) == pytest.approx(0.018, rel=0.05)
+    used = {r[1] + 1 for r in log.rounds[600:] if r[0] != "none"}  # the sizes it verifies
+    assert used
+    for n in used:
+        assert costs.verify_seconds(n) / costs.verify_seconds(1) == pytest.approx(world.verify_ms(n) / 18.0, rel=0.1)
+    assert log.throughput() >= 1000 / 18.0
+
+
 def test_machine_costs_are_shared_acceptance_is_per_request():
     machine = MachineModel()
     sim = Sim(World(linear_verify(10.0, 1.0), {"draft": 1.0}, lambda d, r: 0.9))

@@ -13,7 +13,9 @@ formula of `acceptance.expected_accepted`. The round costs
     E[seconds] = draft(d, k) + (1 - p) * verify(1) + p * verify(k + 1)
 
 and the target alone costs verify(1) for one token. The controller picks the largest E[tokens] / E[seconds];
-"none" (the target alone) is one of the options, so speculation is off whenever it does not pay.
+"none" (the target alone) is one of the options, so speculation is off whenever it does not pay, and also
+when it promises less than MARGIN over the target alone: such gains are within the error of the estimates,
+and the promise this controller keeps is never to be slower than the target alone.
 
 What it learns, and where it keeps it:
 - `MachineCosts` (shared by every request of one engine): the cost to verify n tokens, to draft one token
@@ -69,6 +71,7 @@ WARM_SAMPLES = 64
 STEADY_CATCHUP = 2  # at most this many unseen tokens: an ordinary round (the bonus token, say)
 ENTRY_CATCHUP = 16  # at least this many: a catch-up round, measured as such
 PROBE_K = 2
+MARGIN = 1.05  # speculation must promise 5% over the target alone: smaller gains are within estimation error
 SHADOW_BUDGET = 0.05  # a drafter whose max_k proposal costs under this share of a step runs in shadow
 FIRST_PROBE_INTERVAL = 8
 MAX_PROBE_INTERVAL = 128
@@ -86,6 +89,10 @@ class RecentMedian:
         self._samples.append(x)
         self._median = None
 
+    def scale(self, factor: float) -> None:
+        self._samples = deque((x * factor for x in self._samples), maxlen=self._samples.maxlen)
+        self._median = None
+
     @property
     def count(self) -> int:
         return len(self._samples)
@@ -101,14 +108,18 @@ class MachineCosts:
     """What rounds cost on this machine, shared across requests.
 
     A busy machine slows everything alike, so costs are kept relative to `level`, the seconds of one target
-    step *now* (a moving average over every verification, each divided by its size's relative cost). Each
-    cost is a median of recent samples in units of the level at the time: verifying n tokens, one drafted
-    token per drafter, one context token caught up on per drafter. A load change moves the level, not the
-    shape, and the choice between options (a ratio of tokens to time) depends on the shape alone."""
+    step *now*: a moving average of one-token verifications (target-alone rounds, and n-gram rounds that
+    found no match). Each cost is a median of recent samples in units of the level at the time: verifying
+    n tokens, one drafted token per drafter, one context token caught up on per drafter. A load change moves
+    the level, not the shape, and the choice between options (a ratio of tokens to time) depends on the
+    shape alone. (The level is anchored to one size on purpose: fed by every size through the fitted shape,
+    a shape that underestimates long verifications would raise the level during speculation and so
+    confirm itself.)"""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._level: float | None = None
+        self._anchored = False  # the level has come from a one-token verification (not from the prior shape)
         self._verify: dict[int, RecentMedian] = {}  # verify(n) / level
         self._draft: dict[str, RecentMedian] = {}  # seconds per drafted token / level
         self._catchup: dict[str, RecentMedian] = {}  # seconds per context token caught up on / level
@@ -118,11 +129,17 @@ class MachineCosts:
 
     def observe_verify(self, n_tokens: int, seconds: float) -> None:
         with self._lock:
-            shape = self._shape_locked(n_tokens)[n_tokens]
-            if self._level is None:
-                self._level = seconds / shape
+            if self._level is None:  # until a one-token verification comes, scale the prior shape
+                self._level = seconds / self._shape_locked(n_tokens)[n_tokens]
             self._verify.setdefault(n_tokens, RecentMedian()).add(seconds / self._level)
-            self._level += LEVEL_RATE * (seconds / shape - self._level)
+            if n_tokens == 1 and self._anchored:
+                self._level += LEVEL_RATE * (seconds - self._level)
+            elif n_tokens == 1:  # the first one-token verification: re-express what was kept in its units
+                for table in (self._verify, self._draft, self._catchup):
+                    for m in table.values():
+                        m.scale(self._level / seconds)
+                self._level, self._anchored = seconds, True
+                self._shape = []
             self._stale += 1
             self._verify_samples += 1
 
@@ -478,8 +495,10 @@ class AdaptiveController:
     def choose(self) -> tuple[Drafter, int]:
         """The target alone is the none drafter asked for one token: it proposes nothing, and the round still
         passes through propose, where shadows are scored and made."""
-        options = self.options()
-        best = max(options, key=lambda o: o.tokens_per_second)
+        none, *drafting = self.options()
+        best = max(drafting, key=lambda o: o.tokens_per_second, default=none)
+        if best.tokens_per_second < MARGIN * none.tokens_per_second:
+            best = none
         self._probing = False
         if best.drafter == "none" and self._speculative:
             self._off_rounds += 1

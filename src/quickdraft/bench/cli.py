@@ -45,6 +45,9 @@ def register(subparsers) -> None:
                    help="run each turn N times per configuration, interleaved, and keep the fastest "
                    "(steadier figures on a shared machine; N times longer)")
     p.add_argument("--no-warmup", action="store_true", help="skip the unrecorded warm-up generation")
+    p.add_argument("--inexact", action="store_true",
+                   help="do not cap K at the batch size llama.cpp's kernels verify bit-exactly here "
+                   "(greedy outputs may then differ from the target alone's; the bench reports it)")
     p.add_argument("--fail-on-mismatch", action="store_true",
                    help="exit with status 1 when a greedy output differs from the target alone")
     p.set_defaults(func=cmd_bench)
@@ -63,7 +66,7 @@ def cmd_bench(args) -> int:
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed, out=args.out,
         against=args.against, server=args.server, server_model=args.model, api_key=args.api_key,
         threads=args.threads, n_ctx=args.ctx, chat_template=args.chat_template, warmup=not args.no_warmup,
-        repeat=args.repeat,
+        repeat=args.repeat, exact=not args.inexact,
         command=command_line(),
     )
     console = Console(stderr=True)

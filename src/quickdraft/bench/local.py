@@ -9,7 +9,7 @@ from quickdraft.bench.memory import PeakRSS
 from quickdraft.bench.prompts import BenchPrompt
 from quickdraft.bench.records import Config, Run
 from quickdraft.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
-from quickdraft.engine import Engine, check_vocab
+from quickdraft.engine import AUTO_MAX_K, Engine, check_vocab, exact_max_k
 from quickdraft.errors import QuickdraftError
 from quickdraft.llama_model import LlamaModel
 from quickdraft.target import LocalTarget
@@ -17,16 +17,21 @@ from quickdraft.target import LocalTarget
 
 def build_engine(
     target: str, draft_models: list[str], *, n_ctx: int = 4096, threads: int | None = None,
-    chat_template: str | None = None,
+    chat_template: str | None = None, exact: bool = True, max_k: int = AUTO_MAX_K,
 ) -> Engine:
-    """An engine with the drafters none, ngram and one per draft model (named by the model's name)."""
+    """An engine with the drafters none, ngram and one per draft model (named by the model's name). With
+    `exact`, K is capped as Engine.load caps it (quickdraft.engine.exact_max_k), so the bench measures what
+    users get; the cap is engine.target.max_k."""
     target_model = LlamaModel(model_store.resolve(target), n_ctx=n_ctx, threads=threads, name=target)
     drafters: dict[str, Drafter] = {"none": NoDrafter(), "ngram": NgramDrafter()}
     for name in draft_models:
         model = LlamaModel(model_store.resolve(name), n_ctx=n_ctx, threads=threads, name=name)
         check_vocab(target_model, model)
         drafters[name] = ModelDrafter(model)
-    return Engine(LocalTarget(target_model), target_model, drafters, draft="none", chat_template=chat_template)
+    target_backend = LocalTarget(target_model)
+    if exact:
+        target_backend.max_k = exact_max_k(target_model, max(max_k, AUTO_MAX_K))
+    return Engine(target_backend, target_model, drafters, draft="none", chat_template=chat_template)
 
 
 def reset_caches(engine: Engine) -> None:

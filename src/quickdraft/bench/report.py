@@ -167,8 +167,8 @@ def mismatch_section(result: BenchResult) -> list[str]:
         f"### ⚠️ MISMATCH: {len(result.mismatches)} outputs differ from the target alone",
         "",
         "Under greedy decoding these outputs should equal the target-alone output and do not. See the README's "
-        "\"Exactness\" section for the known cause on F16/Q4_K_M weights (llama.cpp's CPU kernels round a "
-        "batch differently from one token).",
+        "\"Exactness\" section: llama.cpp's CPU kernels can round a batch differently from one token, which "
+        "K is capped against unless the bench ran with --inexact (the settings say which).",
         "",
     ]
     lines += table(
@@ -188,8 +188,8 @@ def markdown(result: BenchResult) -> str:
         "",
         f"Run on {result.date[:10]} ({result.date}) on {result.machine_summary}. "
         f"{s['prompt_set']}: {s['prompts']} prompts, {s['turns']} turns, up to {s['max_tokens']} tokens each, "
-        f"{'greedy' if s['temperature'] == 0 else 'temperature ' + str(s['temperature'])}; target "
-        f"`{s['target']}`, {s['threads']} threads.",
+        f"{'greedy' if s['temperature'] == 0 else 'temperature ' + str(s['temperature'])}; "
+        + (f"target `{s['target']}`, {s['threads']} threads." if s.get("target") else f"server {s.get('server')}."),
         "",
         *overall_table(result),
         "",

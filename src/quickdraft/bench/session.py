@@ -44,7 +44,13 @@ class BenchSettings:
     chat_template: str | None = None
     warmup: bool = True
     repeat: int = 1
+    exact: bool = True  # cap K where llama.cpp's kernels stop verifying bit-exactly, as Engine.load does
     command: str = "quickdraft bench"
+
+
+def effective_ks(ks: Sequence[int], cap: int | None) -> list[int]:
+    """The K values that really run: each capped by the exactness cap (None: no cap), duplicates merged."""
+    return sorted({min(k, cap) if cap is not None else k for k in ks if cap is None or cap >= 1})
 
 
 def model_drafts(drafts: Sequence[str]) -> list[str]:
@@ -156,6 +162,7 @@ def run(settings: BenchSettings, *, on_start: Callable[[int], None] | None = Non
     threads = settings.threads or default_threads()
     configs: list[Config] = []
     backends: dict[str, Backend] = {}
+    extra_notes: list[str] = []
     if settings.server:
         from quickdraft.bench.server import ServerBackend
 
@@ -173,9 +180,16 @@ def run(settings: BenchSettings, *, on_start: Callable[[int], None] | None = Non
             picked = pick_draft(settings.target)
             auto_models = [picked] if picked else []
         engine = build_engine(settings.target, list(dict.fromkeys(drafts + auto_models)), n_ctx=settings.n_ctx,
-                              threads=threads, chat_template=settings.chat_template)
+                              threads=threads, chat_template=settings.chat_template, exact=settings.exact,
+                              max_k=max(settings.ks))
         backends["local"] = LocalBackend(engine, temperature=settings.temperature, seed=settings.seed)
-        configs = local_configs(settings.drafts, settings.ks, ["ngram", *auto_models])
+        cap = getattr(engine.target, "max_k", None)
+        ks = effective_ks(settings.ks, cap)
+        if ks != sorted(set(settings.ks)):
+            extra_notes.append(f"K capped at {cap}: llama.cpp's kernels here verify at most {cap + 1} tokens a "
+                               f"batch bit-exactly (quickdraft.engine.exact_max_k), so K {settings.ks} ran as "
+                               f"{ks}; --inexact lifts the cap.")
+        configs = local_configs(settings.drafts, ks, ["ngram", *auto_models])
         if settings.against:
             from quickdraft.bench.llamacpp import LlamaCppBackend
 
@@ -209,7 +223,7 @@ def run(settings: BenchSettings, *, on_start: Callable[[int], None] | None = Non
             "prompts": len(selected), "turns": sum(len(p.turns) for p in selected),
             "max_tokens": settings.max_tokens, "temperature": settings.temperature, "seed": settings.seed,
             "threads": threads, "n_ctx": settings.n_ctx, "against": settings.against, "server": settings.server,
-            "repeat": settings.repeat,
+            "repeat": settings.repeat, "exact": settings.exact,
             "quickdraft": quickdraft.__version__, "llama_cpp_python": version("llama-cpp-python"),
         },
         configs=configs,
@@ -217,7 +231,7 @@ def run(settings: BenchSettings, *, on_start: Callable[[int], None] | None = Non
         summary=summary,
         mismatches=find_mismatches(runs, configs) if greedy else [],
         greedy_checked=greedy,
-        notes=notes(settings, configs, (load_start, load_end)),
+        notes=notes(settings, configs, (load_start, load_end)) + extra_notes,
     )
     write_outputs(result, settings.out, f"{settings.target or settings.server}, {set_name}")
     return result

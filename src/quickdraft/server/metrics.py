@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from quickdraft.stats import GenerationStats
 
@@ -120,4 +120,8 @@ class ServerMetrics:
         return {"uptime_seconds": time.time() - self.started, "totals": totals}
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """This server's metrics, then the process-wide ones (the node clients' fault counters live in
+        prometheus_client's default registry)."""
+        from quickdraft.node import metrics as _node_metrics  # noqa: F401  (registers the node counters)
+
+        return generate_latest(self.registry) + generate_latest(REGISTRY)
