@@ -129,7 +129,11 @@ class Engine:
             target_model = LlamaModel(model_store.resolve(target), n_ctx=n_ctx, threads=threads, name=str(target))
             target_backend = LocalTarget(target_model)
             if exact:
-                target_backend.max_k = exact_max_k(target_model, max(k, AUTO_MAX_K))
+                probed = max(k, AUTO_MAX_K)
+                target_backend.max_k = exact_max_k(target_model, probed)
+                # A model whose kernels round a batch differently from one token also gives a different first
+                # token after a cached prefix than after a fresh prefill: it gets no prompt cache either.
+                target_backend.fresh_prefill = target_backend.max_k < probed
         drafters: dict[str, Drafter] = {"none": NoDrafter(), "ngram": NgramDrafter(ngram_max, ngram_min)}
         draft = draft or "none"
         draft_model_name = draft if draft not in ("auto", "none", "ngram") else None
@@ -231,6 +235,8 @@ class Engine:
 
     def _run(self, tokens, policy, sampling, **kwargs) -> Iterator[GenerationResponse]:
         with self._lock:
+            if getattr(self.target, "fresh_prefill", False):
+                self.target.model.reset()
             yield from stream_generate(self.target, self.tokenizer, policy, tokens, sampling, **kwargs)
 
     def describe(self) -> dict:
