@@ -26,6 +26,7 @@ def max_diffs(model: LlamaModel, context: int, batches: list[int]) -> dict[int, 
     single = [model.evaluate(prefix + tail[: i + 1], 1)[0].copy() for i in range(len(tail))]
     out = {}
     for b in batches:
+        model.reset()  # a fresh prefill each time: every prefix position computed exactly as for `single`
         model.evaluate(prefix, 1)
         batch = model.evaluate(prefix + tail[:b], b)
         out[b] = max(float(np.abs(batch[i] - single[i]).max()) for i in range(b))
