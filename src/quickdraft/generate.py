@@ -178,7 +178,8 @@ def collect(responses: Iterator[GenerationResponse]) -> GenerationResult:
         texts.append(r.text)
         tokens.extend(r.tokens)
         if r.logprobs is not None:
-            logprobs = (logprobs or []) + r.logprobs
+            logprobs = logprobs if logprobs is not None else []
+            logprobs.extend(r.logprobs)
         last = r
     assert last is not None and last.finish_reason is not None
     return GenerationResult("".join(texts), tokens, last.finish_reason, last.stats, logprobs)
