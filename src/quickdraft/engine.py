@@ -191,19 +191,19 @@ class Engine:
         """The drafter and k for one request. For auto, k (if given) caps the k it may choose. Either way
         k never exceeds what the target verifies exactly (see exact_max_k)."""
         name = draft or self.default_draft
+        if name != "auto" and name not in self.drafters:
+            raise InvalidRequestError(f"no drafter {name!r}; this engine has {sorted(self.drafters)}")
+        if name == "auto":
+            k = check_k(k) if k else AUTO_MAX_K
+        else:
+            k = check_k(k if k is not None else self.default_k)
         exact_k = getattr(self.target, "max_k", MAX_K)
+        none = self.drafters.get("none") or NoDrafter()
+        if exact_k < 1:  # no batch verifies exactly here: speculation would change the output
+            return FixedPolicy(none, 1)
         if name == "auto":
             speculative = [d for n, d in self.drafters.items() if n != "none"]
-            none = self.drafters.get("none") or NoDrafter()
-            if exact_k < 1:
-                return FixedPolicy(none, 1)
-            max_k = min(check_k(k) if k else AUTO_MAX_K, exact_k)
-            return AdaptiveController(speculative, none, self.machine, max_k=max_k)
-        if name not in self.drafters:
-            raise InvalidRequestError(f"no drafter {name!r}; this engine has {sorted(self.drafters)}")
-        k = check_k(k if k is not None else self.default_k)
-        if exact_k < 1:  # no batch verifies exactly here: speculation would change the output
-            return FixedPolicy(self.drafters["none"], 1)
+            return AdaptiveController(speculative, none, self.machine, max_k=min(k, exact_k))
         return FixedPolicy(self.drafters[name], min(k, exact_k))
 
     def stream(

@@ -70,6 +70,8 @@ class LocalTarget:
         self.name = model.name
         self.n_vocab = model.n_vocab
         self.n_ctx = model.n_ctx
+        self.max_k = 32  # the largest K verified bit-exactly here; Engine.load probes it (engine.exact_max_k)
+        self.fresh_prefill = False  # True: no prompt cache, when batches round differently from single tokens
 
     def verify(self, context, proposal, sampling, rng, top_logprobs=None) -> Verdict:
         draft = proposal.tokens
