@@ -3,10 +3,10 @@
 # (about 6 minutes on 2 cores). We build it once into a wheel kept under ~/.cache/quickdraft/wheels, in a
 # folder named after the build flags, so a rebuild happens only when the flags or the version change; the
 # stamp file below skips the whole install while pyproject.toml is unchanged.
-#   GGML_RPC=on        llama.cpp's RPC backend, for a target spread over rpc-server workers (quickdraft.node)
-#   GGML_LLAMAFILE=OFF the llamafile matmul kernels round differently for a batch than for one token on F16
-#                      weights; without them verifying k+1 tokens at once reproduces one-by-one decoding
-#                      bit for bit (README, "Exactness")
+#   GGML_RPC=on        llama.cpp's RPC backend, for a target spread over rpc-server workers (quickdraft.node).
+#                      Nothing else differs from llama-cpp-python's own build: the kernels are stock, and
+#                      exactness comes from run-time settings (README, "Exactness"), so a user's own
+#                      llama-cpp-python build (CUDA, Metal) works unchanged.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -14,7 +14,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 LLAMA_CPP_VERSION := 0.3.36
-LLAMA_CMAKE_ARGS  := -DGGML_RPC=on -DGGML_LLAMAFILE=OFF
+LLAMA_CMAKE_ARGS  := -DGGML_RPC=on
 WHEELS := $(HOME)/.cache/quickdraft/wheels/$(shell echo '$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)' | md5sum | cut -c1-12)
 
 .PHONY: install models test serve bench clean

@@ -7,21 +7,11 @@ is given, so the speculative loop never tells it what was rejected.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
-import numpy as np
-
+from quickdraft.coupling import coupled_token
 from quickdraft.llama_model import LlamaModel
-from quickdraft.sampling import Dist, SamplingParams, distribution
-
-
-@dataclass
-class Proposal:
-    """k draft tokens; dists[i] is the distribution tokens[i] was drawn from (None: all one-hot)."""
-
-    tokens: list[int] = field(default_factory=list)
-    dists: list[Dist] | None = None
+from quickdraft.sampling import SamplingParams
 
 
 class Drafter(Protocol):
@@ -30,9 +20,7 @@ class Drafter(Protocol):
     def start(self, prompt: Sequence[int]) -> None:
         """A new request begins with this prompt."""
 
-    def propose(
-        self, context: list[int], k: int, sampling: SamplingParams, rng: np.random.Generator
-    ) -> Proposal:
+    def propose(self, context: list[int], k: int, sampling: SamplingParams) -> list[int]:
         """Up to k tokens that may follow context."""
 
 
@@ -44,8 +32,8 @@ class NoDrafter:
     def start(self, prompt: Sequence[int]) -> None:
         pass
 
-    def propose(self, context, k, sampling, rng) -> Proposal:
-        return Proposal()
+    def propose(self, context, k, sampling) -> list[int]:
+        return []
 
 
 class NgramDrafter:
@@ -81,50 +69,37 @@ class NgramDrafter:
                 index[tuple(context[e - n : e])] = e
         self._indexed = end + 1
 
-    def propose(self, context, k, sampling, rng) -> Proposal:
+    def propose(self, context, k, sampling) -> list[int]:
         if k <= 0 or len(context) <= self.min_n:
-            return Proposal()
+            return []
         self._extend_index(context)
         L = len(context)
         for n in range(min(self.max_n, L - 1), self.min_n - 1, -1):
             e = self._index.get(tuple(context[L - n :]))
             if e is not None and e < L:
-                return Proposal(list(context[e : min(e + k, L)]))
-        return Proposal()
+                return list(context[e : min(e + k, L)])
+        return []
 
 
 class ModelDrafter:
     """A small model proposes k tokens autoregressively, one evaluation per token.
 
-    Greedy requests draft the argmax (one-hot). Sampled requests draw from the draft's own sampling
-    distribution cut to its `max_candidates` most probable tokens, so the distribution it reports is exactly
-    the one it drew from, and small enough to ship to a remote target.
+    Each token is the draft model's own choice at its position with the request's sampling: the argmax for
+    greedy decoding, else the coupled draw (quickdraft.coupling) from the draft's distribution with the
+    noise the target uses at that position, so the target accepts it whenever its own draw agrees.
     """
 
-    def __init__(self, model: LlamaModel, max_candidates: int = 32):
+    def __init__(self, model: LlamaModel):
         self.model = model
         self.name = model.name
-        self.max_candidates = max_candidates
 
     def start(self, prompt: Sequence[int]) -> None:
         pass  # the KV cache keeps the longest common prefix with whatever comes next
 
-    def propose(self, context, k, sampling, rng) -> Proposal:
-        room = self.model.n_ctx - len(context)
-        k = min(k, room)
-        if k <= 0:
-            return Proposal()
-        tokens: list[int] = []
-        dists: list[Dist] = []
+    def propose(self, context, k, sampling) -> list[int]:
+        k = min(k, self.model.n_ctx - len(context))
         seq = list(context)
         for _ in range(k):
             logits = self.model.evaluate(seq, 1)[0]
-            if sampling.greedy:
-                token = int(np.argmax(logits))
-            else:
-                d = distribution(logits, sampling).top(self.max_candidates)
-                token = d.sample(rng)
-                dists.append(d)
-            tokens.append(token)
-            seq.append(token)
-        return Proposal(tokens, None if sampling.greedy else dists)
+            seq.append(coupled_token(logits, sampling, len(seq)))
+        return seq[len(context) :]

@@ -9,72 +9,26 @@ One engine serves one request at a time (one KV sequence per model); the server 
 from __future__ import annotations
 
 import logging
-import os
+import secrets
 import threading
 from functools import cached_property
 from typing import Iterator, Mapping, Sequence
 
-from quickdraft import model_store
 from quickdraft.chat_template import ChatTemplate
-from quickdraft.controller import DEFAULT_MAX_K as AUTO_MAX_K
 from quickdraft.controller import AdaptiveController, MachineModel
-from quickdraft.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
-from quickdraft.errors import ContextLengthError, IncompatibleVocabError, InvalidRequestError
+from quickdraft.drafters import Drafter
+from quickdraft.errors import ContextLengthError, InvalidRequestError
 from quickdraft.generate import GenerationResponse, GenerationResult, collect, stream_generate
+from quickdraft.hardware import pick_draft
 from quickdraft.llama_model import LlamaModel
+from quickdraft.loading import load_drafter, load_target, standard_drafters
 from quickdraft.node import is_node_url
-from quickdraft.policy import FixedPolicy, Policy
+from quickdraft.policy import AUTO_MAX_K, DEFAULT_K, FixedPolicy, Policy, cap_k, check_k
 from quickdraft.sampling import SamplingParams
-from quickdraft.target import LocalTarget, Target
+from quickdraft.target import Target
 
 DRAFT_CHOICES = ("auto", "none", "ngram", "model")  # auto: the adaptive controller picks among the others
-DEFAULT_K = 4
 log = logging.getLogger("quickdraft")
-MAX_K = 32
-
-
-def check_vocab(target: LlamaModel, draft: LlamaModel) -> None:
-    """Refuse a draft whose vocabulary is not the target's: its token ids would mean other strings."""
-    if target.n_vocab != draft.n_vocab or target.vocab_fingerprint != draft.vocab_fingerprint:
-        raise IncompatibleVocabError(
-            f"draft model {draft.name} ({draft.n_vocab} tokens) does not share the vocabulary of target "
-            f"model {target.name} ({target.n_vocab} tokens); pick a draft from the target's model family "
-            "or use --draft ngram"
-        )
-
-
-def exact_max_k(model: LlamaModel, k: int) -> int:
-    """The largest K whose verification batch (K + 1 tokens) reproduces one-by-one decoding bit for bit on
-    this machine (LlamaModel.max_exact_batch), remembered per model file and llama.cpp build."""
-    import json
-    from importlib.metadata import version
-
-    st = model.path.stat()
-    key = f"{model.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{version('llama-cpp-python')}|{k + 1}"
-    cache = model_store.cache_dir() / "exact-batch.json"
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key not in known:
-        known[key] = model.max_exact_batch(k + 1)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, cache)
-    exact_k = known[key] - 1
-    if exact_k < k:
-        log.warning(
-            "%s: llama.cpp's kernels here verify at most %d tokens per batch bit-exactly; K is capped at %d so "
-            "the output stays the target's own (Engine.load(exact=False) lifts the cap)", model.name, exact_k + 1, exact_k
-        )
-    return exact_k
-
-
-def check_k(k: int) -> int:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k > MAX_K:
-        raise InvalidRequestError(f"draft tokens per round (K) must be an integer in [1, {MAX_K}], got {k!r}")
-    return k
 
 
 class Engine:
@@ -88,6 +42,7 @@ class Engine:
         k: int = DEFAULT_K,
         chat_template: str | None = None,
     ):
+        """drafters: by name; "none" (the target alone) is always among them."""
         self.target = target
         self.chat_template_override = chat_template
         self.tokenizer = tokenizer
@@ -116,47 +71,21 @@ class Engine:
         """target: a model name or path. draft: "auto" (adaptive, over n-gram and the draft model
         quickdraft.hardware picks for the target, if any), "ngram", "none", or a draft model name or path.
         Either may be node://HOST:PORT, a `quickdraft node` (quickdraft.node): the same interfaces, remote.
-        exact: cap K to the batch size this machine's kernels verify bit-exactly (exact_max_k); False lifts
-        the cap (faster on some quantizations, but greedy output may then differ from the target alone's)."""
+        exact (default): greedy output is llama.cpp's own one-token-at-a-time output, token for token (flash
+        attention off, K capped to what this machine verifies bit-exactly); False: llama.cpp's faster
+        defaults and no cap, equal to the target alone only up to rounding (README, "Exactness")."""
         check_k(k)
-        if is_node_url(target):  # verified on the node; tokenized here with its vocabulary
-            from quickdraft.node import open_target
-
-            target_backend, target_model = open_target(target)
-            if exact and target_backend.max_exact_k is not None:
-                target_backend.max_k = target_backend.max_exact_k
-        else:
-            target_model = LlamaModel(model_store.resolve(target), n_ctx=n_ctx, threads=threads, name=str(target))
-            target_backend = LocalTarget(target_model)
-            if exact:
-                probed = max(k, AUTO_MAX_K)
-                target_backend.max_k = exact_max_k(target_model, probed)
-                # A model whose kernels round a batch differently from one token also gives a different first
-                # token after a cached prefix than after a fresh prefill: it gets no prompt cache either.
-                target_backend.fresh_prefill = target_backend.max_k < probed
-        drafters: dict[str, Drafter] = {"none": NoDrafter(), "ngram": NgramDrafter(ngram_max, ngram_min)}
+        target_backend, tokenizer = load_target(target, n_ctx=n_ctx, threads=threads, exact=exact)
+        drafters = standard_drafters(ngram_max, ngram_min)
         draft = draft or "none"
-        draft_model_name = draft if draft not in ("auto", "none", "ngram") else None
+        model_spec = draft if draft not in ("auto", "none", "ngram") else None
         if draft == "auto" and not is_node_url(target):
-            from quickdraft.hardware import pick_draft
-
-            draft_model_name = pick_draft(str(target))
-        if is_node_url(draft_model_name):
-            from quickdraft.node import open_drafter
-
-            drafters["model"] = open_drafter(draft_model_name, vocab_fingerprint=target_model.vocab_fingerprint)
-            draft = "model"
-        elif draft_model_name:
-            draft_model = LlamaModel(
-                model_store.resolve(draft_model_name), n_ctx=n_ctx, threads=threads, name=str(draft_model_name)
-            )
-            check_vocab(target_model, draft_model)
-            drafters["model"] = ModelDrafter(draft_model)
+            model_spec = pick_draft(str(target))
+        if model_spec:
+            drafters["model"] = load_drafter(model_spec, tokenizer, n_ctx=n_ctx, threads=threads, exact=exact)
             if draft != "auto":
                 draft = "model"
-        return cls(
-            target_backend, target_model, drafters, draft=draft, k=k, chat_template=chat_template
-        )
+        return cls(target_backend, tokenizer, drafters, draft=draft, k=k, chat_template=chat_template)
 
     # ---- requests ---------------------------------------------------------------------------------------
     @cached_property
@@ -188,23 +117,20 @@ class Engine:
         return tokens
 
     def policy(self, draft: str | None = None, k: int | None = None) -> Policy:
-        """The drafter and k for one request. For auto, k (if given) caps the k it may choose. Either way
-        k never exceeds what the target verifies exactly (see exact_max_k)."""
+        """The drafter and K for one request. For auto, k (if given) caps the K it may choose. Either way K
+        never exceeds what the target verifies exactly (Target.max_k; quickdraft.policy has every K limit)."""
         name = draft or self.default_draft
         if name != "auto" and name not in self.drafters:
             raise InvalidRequestError(f"no drafter {name!r}; this engine has {sorted(self.drafters)}")
-        if name == "auto":
-            k = check_k(k) if k else AUTO_MAX_K
-        else:
-            k = check_k(k if k is not None else self.default_k)
-        exact_k = getattr(self.target, "max_k", MAX_K)
-        none = self.drafters.get("none") or NoDrafter()
-        if exact_k < 1:  # no batch verifies exactly here: speculation would change the output
-            return FixedPolicy(none, 1)
+        k = check_k(k) if k is not None else (AUTO_MAX_K if name == "auto" else self.default_k)
+        k = cap_k(k, self.target.max_k)
+        none = self.drafters["none"]
+        if k == 0 or name == "none":  # the target alone (also where no batch verifies exactly)
+            return FixedPolicy(none, 0)
         if name == "auto":
             speculative = [d for n, d in self.drafters.items() if n != "none"]
-            return AdaptiveController(speculative, none, self.machine, max_k=min(k, exact_k))
-        return FixedPolicy(self.drafters[name], min(k, exact_k))
+            return AdaptiveController(speculative, none, self.machine, max_k=k)
+        return FixedPolicy(self.drafters[name], k)
 
     def stream(
         self,
@@ -230,13 +156,13 @@ class Engine:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise InvalidRequestError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         sampling = sampling or SamplingParams.make(**sampling_kwargs)
+        if not sampling.greedy and sampling.seed is None:  # each position's draw is a function of the seed
+            sampling = sampling.model_copy(update={"seed": secrets.randbits(63)})
         tokens = self.tokenize(prompt)
         return tokens, self.policy(draft, k), sampling
 
     def _run(self, tokens, policy, sampling, **kwargs) -> Iterator[GenerationResponse]:
         with self._lock:
-            if getattr(self.target, "fresh_prefill", False):
-                self.target.model.reset()
             yield from stream_generate(self.target, self.tokenizer, policy, tokens, sampling, **kwargs)
 
     def describe(self) -> dict:
@@ -245,7 +171,7 @@ class Engine:
             "drafters": sorted(self.drafters),
             "draft": self.default_draft,
             "k": self.default_k,
-            "max_exact_k": getattr(self.target, "max_k", None),
+            "max_exact_k": self.target.max_k,
             "auto": self.machine.costs.describe(),
             "n_ctx": self.target.n_ctx,
         }

@@ -1,7 +1,7 @@
 """The speculative loop, as generators.
 
 `speculative_rounds` is the whole algorithm: draft, verify in one target pass, keep the agreed prefix plus
-the target's token, repeat. `stream_generate` turns rounds into text pieces and applies the stop rules
+the target's token, repeat. Every call a round makes is in it. `stream_generate` turns rounds into text pieces and applies the stop rules
 (end-of-generation token, stop strings, max tokens, context). `generate` collects a stream.
 """
 
@@ -11,10 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
-import numpy as np
-
-from quickdraft.drafters import Proposal
-from quickdraft.policy import Policy
+from quickdraft.policy import Policy, round_k
 from quickdraft.sampling import SamplingParams
 from quickdraft.stats import GenerationStats
 from quickdraft.target import Target, TokenLogprob
@@ -28,21 +25,16 @@ class Tokenizer(Protocol):
 
 @dataclass
 class Round:
+    """One target pass: the tokens it emitted (accepted draft tokens + the target's own) and what it cost."""
+
     tokens: list[int]
     logprobs: list[TokenLogprob] | None
-    drafter: str
+    drafter: str  # "none" when the round drafted nothing by choice (k == 0)
     k: int
     drafted: int
     accepted: int
     draft_seconds: float
     verify_seconds: float
-
-
-def request_rngs(seed: int | None) -> tuple[np.random.Generator, np.random.Generator]:
-    """Independent generators for the target's and the draft's random draws, reproducible from one seed."""
-    root = np.random.SeedSequence(None if seed is None else seed % 2**64)  # OpenAI seeds may be negative
-    target_seed, draft_seed = root.spawn(2)
-    return np.random.default_rng(target_seed), np.random.default_rng(draft_seed)
 
 
 def speculative_rounds(
@@ -54,31 +46,30 @@ def speculative_rounds(
     max_new_tokens: int,
     top_logprobs: int | None = None,
 ) -> Iterator[Round]:
+    """Draft, verify in one target pass, keep the agreed prefix plus the target's token; repeat.
+
+    The first round only reads the prompt and takes the target's first token (k = 0), as the target alone
+    does. Sampled requests need sampling.seed set: each position's token is a function of it (coupling.py)."""
     context = list(prompt)
-    target_rng, draft_rng = request_rngs(sampling.seed)
-    policy.start()
-    for d in getattr(policy, "drafters", []):
-        d.start(context)
+    target.start(context)
+    policy.start(context, sampling)
     generated = 0
     while generated < max_new_tokens and len(context) < target.n_ctx:
-        drafter, k = policy.choose()
-        # The first round only prefills the prompt and takes the target's first token, exactly as the
-        # target alone does (and the first token comes without waiting for a draft). After it, never
-        # draft past max_new_tokens (the target adds one) or past the context.
-        k = 0 if generated == 0 else max(0, min(k, max_new_tokens - generated - 1, target.n_ctx - len(context)))
+        drafter, k = policy.choose(context) if generated else (None, 0)
+        k = round_k(k, generated=generated, max_new_tokens=max_new_tokens, context_len=len(context),
+                    n_ctx=target.n_ctx)
         t0 = time.perf_counter()
-        proposal = drafter.propose(context, k, sampling, draft_rng) if k > 0 else Proposal()
-        if len(proposal.tokens) > k:
-            proposal = Proposal(proposal.tokens[:k], proposal.dists[:k] if proposal.dists else None)
+        draft = drafter.propose(context, k, sampling)[:k] if k else []
         t1 = time.perf_counter()
-        verdict = target.verify(context, proposal, sampling, target_rng, top_logprobs)
+        verdict = target.verify(context, draft, sampling, top_logprobs)
         t2 = time.perf_counter()
-        drafted = len(proposal.tokens)
-        if generated > 0:  # the prefill round says nothing about drafting
-            policy.observe(drafter, k, drafted, verdict.n_accepted, t1 - t0, t2 - t1)
         context.extend(verdict.tokens)
+        outcome = Round(verdict.tokens, verdict.logprobs, drafter.name if k else "none", k, len(draft),
+                        verdict.n_accepted, t1 - t0, t2 - t1)
+        if generated:  # the prefill round says nothing about drafting
+            policy.observe(outcome, context)
         generated += len(verdict.tokens)
-        yield Round(verdict.tokens, verdict.logprobs, drafter.name, k, drafted, verdict.n_accepted, t1 - t0, t2 - t1)
+        yield outcome
 
 
 @dataclass
@@ -135,7 +126,7 @@ def stream_generate(
         stats.verify_seconds += rnd.verify_seconds
         if rnd.drafted:
             stats.drafter_rounds[rnd.drafter] = stats.drafter_rounds.get(rnd.drafter, 0) + 1
-        choice = f"{rnd.drafter}:{rnd.k}" if rnd.k and rnd.drafter != "none" else "none"
+        choice = f"{rnd.drafter}:{rnd.k}" if rnd.k else "none"
         stats.choices[choice] = stats.choices.get(choice, 0) + 1
         if stats.completion_tokens == 0:
             stats.ttft_seconds = time.perf_counter() - start

@@ -6,6 +6,10 @@
 only the rest, so rolling back rejected draft tokens is removing the tail of the sequence
 (`llama_memory_seq_rm`), never re-evaluating the prefix. Logits are requested only for the positions the
 caller needs: no `n_ctx x n_vocab` buffer (Gemma's vocabulary is 262,144 tokens).
+
+This is the only module that calls llama.cpp, and it imports nothing of quickdraft's but its errors: the
+model and its KV cache, re-quantizing a file (`quantize`), rpc-server workers as devices (`rpc_devices`), and
+the build's description (`system_info`).
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import socket
 import threading
 import time
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -71,6 +76,84 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return lo
 
 
+def system_info() -> dict:
+    """What this llama.cpp build is and can do (nodes report it, exactness probes key their cache on it)."""
+    lib = _llama()
+    from importlib.metadata import version
+
+    return {
+        "llama_cpp_python": version("llama-cpp-python"),
+        "system_info": lib.llama_print_system_info().decode().strip(),
+        "rpc": bool(lib.llama_supports_rpc()),
+        "gpu_offload": bool(lib.llama_supports_gpu_offload()),
+    }
+
+
+def quantize(src: Path, out: Path, ftype: int, threads: int | None = None) -> bool:
+    """Write `src` re-quantized to llama.cpp file type `ftype` at `out` (llama_model_quantize; blocks)."""
+    lib = _llama()
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.allow_requantize = True
+    params.nthread = threads or default_threads()
+    return lib.llama_model_quantize(str(src).encode(), str(out).encode(), params) == 0
+
+
+@lru_cache(maxsize=None)
+def _rpc_libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    """libggml-base and libggml-rpc: the very libraries llama-cpp-python loaded (same paths, same handles)."""
+    lib = _llama()  # the backend is initialised before devices are made
+    if not lib.llama_supports_rpc():
+        raise ModelLoadError(
+            "this llama-cpp-python was built without RPC; reinstall it with CMAKE_ARGS=-DGGML_RPC=on "
+            "(the Makefile does)"
+        )
+    lib_dir = Path(lib.__file__).parent / "lib"
+    base = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
+    rpc = ctypes.CDLL(str(lib_dir / "libggml-rpc.so"))
+    rpc.ggml_backend_rpc_add_server.argtypes = [ctypes.c_char_p]
+    rpc.ggml_backend_rpc_add_server.restype = ctypes.c_void_p
+    base.ggml_backend_reg_dev_count.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_reg_dev_count.restype = ctypes.c_size_t
+    base.ggml_backend_reg_dev_get.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    base.ggml_backend_reg_dev_get.restype = ctypes.c_void_p
+    return base, rpc
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ModelLoadError(f"an RPC worker is HOST:PORT, got {endpoint!r}")
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(endpoint: str, timeout: float = 3.0) -> None:
+    """libggml-rpc aborts the whole process when a worker cannot be reached; find out first, and say so."""
+    host, port = parse_endpoint(endpoint)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ModelLoadError(
+            f"RPC worker {endpoint} is not reachable ({e}); start one with `quickdraft rpc-worker --port {port}`"
+        ) from None
+
+
+def rpc_devices(endpoints: Sequence[str]) -> ctypes.Array:
+    """The devices of llama.cpp rpc-server workers (`ggml_backend_rpc_add_server`, what llama.cpp's own
+    --rpc flag calls), as the NULL-terminated ggml_backend_dev_t array `llama_model_params.devices` takes."""
+    base, rpc = _rpc_libs()
+    devices: list[int] = []
+    for endpoint in endpoints:
+        check_reachable(endpoint)
+        reg = rpc.ggml_backend_rpc_add_server(endpoint.encode())
+        if not reg:
+            raise ModelLoadError(f"RPC worker {endpoint} offers no device")
+        for i in range(base.ggml_backend_reg_dev_count(reg)):
+            devices.append(base.ggml_backend_reg_dev_get(reg, i))
+    return (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+
+
 class LlamaModel:
     """A GGUF model with one context and one KV sequence."""
 
@@ -85,10 +168,13 @@ class LlamaModel:
         name: str | None = None,
         vocab_only: bool = False,
         rpc_servers: Sequence[str] = (),
-        kv_type: int = 8,  # GGML_TYPE_Q8_0: see "Exactness" below
+        exact: bool = True,
     ):
         """vocab_only: load the tokenizer alone (no weights, no context; `evaluate` is unavailable).
-        rpc_servers: llama.cpp rpc-server workers (HOST:PORT) whose devices take the first n_gpu_layers."""
+        rpc_servers: llama.cpp rpc-server workers (HOST:PORT) whose devices take the first n_gpu_layers.
+        exact: flash attention off and an F16 KV cache, so a batch of tokens gives the logits decoding them
+        one at a time gives (see "Exactness" below); False: llama.cpp's defaults (flash attention where it
+        is supported), faster on some machines, equal to one-by-one decoding only up to rounding."""
         path = Path(path)
         self.path = path
         self.name = name or path.stem
@@ -106,8 +192,6 @@ class LlamaModel:
         mparams.vocab_only = vocab_only
         self.rpc_servers = tuple(rpc_servers)
         if self.rpc_servers:
-            from quickdraft.node.rpc import rpc_devices
-
             self._devices = rpc_devices(self.rpc_servers)  # NULL-terminated; must outlive the model
             mparams.devices = ctypes.cast(self._devices, ctypes.c_void_p)
         self._model = lib.llama_model_load_from_file(str(path).encode(), mparams)
@@ -138,13 +222,15 @@ class LlamaModel:
         # draft tokens would then need cells that are gone. A full-size SWA cache keeps them.
         cparams.swa_full = True
         # Exactness: verifying k+1 tokens in one batch must give the logits that decoding them one at a time
-        # gives. llama.cpp's CPU flash attention picks its kernel by batch shape (a KV-split kernel for one
-        # query once the cache passes 256 cells, a tiled kernel for 64+ queries), and those round
-        # differently, by up to ~1 logit. With a quantized KV cache it always uses the same per-query kernel,
-        # so attention is batch-invariant. Measured: see README, "Exactness".
-        cparams.flash_attn_type = 1  # LLAMA_FLASH_ATTN_TYPE_ENABLED (needed for a quantized V cache)
-        cparams.type_k = kv_type
-        cparams.type_v = kv_type
+        # gives, and those must be llama.cpp's own. llama.cpp's CPU flash attention picks its kernel by
+        # batch shape (a KV-split kernel for one query once the cache passes 256 cells, a tiled kernel for
+        # many queries), and those round differently; without flash attention, with the full-precision
+        # (F16) KV cache llama.cpp uses by default, batches reproduce single tokens bit for bit.
+        # Measured: scripts/batch_exactness.py, README "Exactness".
+        self.exact = exact
+        if exact:
+            cparams.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cparams.type_k = cparams.type_v = 1  # GGML_TYPE_F16, llama.cpp's default
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             lib.llama_model_free(self._model)
@@ -268,6 +354,7 @@ class LlamaModel:
         keep = min(common_prefix_len(self.tokens, tokens), n - n_logits)
         if keep < len(self.tokens):
             self.truncate(keep)
+            keep = len(self.tokens)  # a cache that could not drop a tail was cleared: start from there
         new = tokens[keep:]
         # The last chunk holds every position whose logits are asked for; earlier chunks are n_batch long.
         first_len = len(new) % self.n_batch or self.n_batch
@@ -284,7 +371,8 @@ class LlamaModel:
         return np.ctypeslib.as_array(ptr, shape=(n_logits, self.n_vocab))
 
     def truncate(self, n_keep: int) -> None:
-        """Drop every cached position from n_keep on."""
+        """Drop every cached position from n_keep on (a cache that cannot remove a tail is cleared whole:
+        `tokens` says what it holds afterwards)."""
         if n_keep >= len(self.tokens):
             return
         ok = self._lib.llama_memory_seq_rm(self._memory, 0, n_keep, -1)

