@@ -26,7 +26,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	@if ! ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
 	  echo ">> building llama-cpp-python $(LLAMA_CPP_VERSION) with $(LLAMA_CMAKE_ARGS) (once; about 6 minutes on 2 cores)"; \
-	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --no-deps --no-binary llama-cpp-python \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
 	    'llama-cpp-python==$(LLAMA_CPP_VERSION)' -w $(WHEELS) || exit 1; \
 	fi
 	@echo ">> installing quickdraft and its dependencies"

@@ -10,15 +10,14 @@ from typing import Callable
 import pytest
 
 from quickdraft.acceptance import expected_accepted
-from quickdraft.controller import (
-    AcceptanceStats,
-    AdaptiveController,
-    MachineModel,
-    VerifyFit,
-    best_k,
-    effective_rate,
-)
-from quickdraft.drafters import NoDrafter, Proposal
+from quickdraft.acceptance_stats import AcceptanceStats
+from quickdraft.controller import AdaptiveController, MachineModel, best_k, effective_rate
+from quickdraft.cost_model import VerifyFit
+from quickdraft.drafters import NoDrafter
+from quickdraft.generate import Round
+from quickdraft.sampling import SamplingParams
+
+SAMPLING = SamplingParams(temperature=0.7, seed=11)  # handed to start; shadow proposals must use it
 
 
 @dataclass
@@ -60,21 +59,23 @@ class FakeDrafter:
         self.name = name
         self.sim = sim
         self.started_with: list[int] | None = None
+        self.calls: list[tuple[int, int, SamplingParams]] = []  # (len(context), k, sampling) per proposal
 
     def start(self, prompt):
         self.started_with = list(prompt)
 
-    def propose(self, context, k, sampling, rng):
+    def propose(self, context, k, sampling):
         sim, at = self.sim, len(context)
+        self.calls.append((at, k, sampling))
         r = random.Random(f"{sim.seed}:{sim.requests}:{self.name}:{at}")
         if r.random() >= sim.world.proposes(self.name, sim.round):
-            return Proposal()
+            return []
         a = sim.world.acceptance(self.name, sim.round)
         tokens, right = [], True
         for j in range(k):
             right = right and r.random() < a
             tokens.append(sim.true_token(at + j) if right else -1 - j)
-        return Proposal(tokens)
+        return tokens
 
 
 @dataclass
@@ -100,26 +101,28 @@ class Log:
 
 def simulate(controller: AdaptiveController, sim: Sim, rounds: int, *, prompt_len: int = 50,
              log: Log | None = None) -> Log:
-    """One request of `rounds` rounds, driven the way quickdraft.generate drives a policy."""
+    """One request of `rounds` rounds after the prefill, driven the way quickdraft.generate drives a policy
+    (start, then the prefill round unreported, then choose / propose / verify / observe each round)."""
     log = log or Log()
     sim.requests += 1
     sim._truth = []
-    controller.start()
     context = [sim.true_token(i) for i in range(prompt_len)]
-    for d in controller.drafters:
-        d.start(context)
+    controller.start(context, SAMPLING)
+    context.append(sim.true_token(len(context)))  # the prefill round: the target's first token
     for _ in range(rounds):
-        drafter, k = controller.choose()
-        proposal = drafter.propose(context, k, None, None) if k > 0 else Proposal()
-        tokens = proposal.tokens[:k]
+        drafter, k = controller.choose(context)
+        assert drafter in controller.drafters and (k == 0) == (drafter.name == "none"), (drafter.name, k)
+        tokens = drafter.propose(context, k, SAMPLING)[:k] if k else []
         accepted = 0
         while accepted < len(tokens) and tokens[accepted] == sim.true_token(len(context) + accepted):
             accepted += 1
         draft_s = k * sim.world.draft_ms.get(drafter.name, 0.0) / 1e3
         verify_s = sim.world.verify_ms(len(tokens) + 1) / 1e3
-        controller.observe(drafter, k, len(tokens), accepted, draft_s, verify_s)
-        context += [sim.true_token(len(context)) for _ in range(accepted + 1)]
-        log.rounds.append((drafter.name, k if drafter.name != "none" else 0, accepted + 1, draft_s + verify_s))
+        emitted = [sim.true_token(len(context) + i) for i in range(accepted + 1)]
+        context += emitted
+        name = drafter.name if k else "none"
+        controller.observe(Round(emitted, None, name, k, len(tokens), accepted, draft_s, verify_s), context)
+        log.rounds.append((name, k, accepted + 1, draft_s + verify_s))
         sim.round += 1
     return log
 
@@ -227,9 +230,14 @@ def test_a_free_drafter_is_judged_in_shadow():
     cost while its drafts are wrong, back within a few rounds once they are right."""
     switch = 600
     sim = Sim(World(linear_verify(10.0, 5.0), {"ngram": 0.0001}, lambda d, r: 0.0 if r < switch else 0.95))
-    log = simulate(sim.controller("ngram"), sim, 1000)
+    controller = sim.controller("ngram")
+    log = simulate(controller, sim, 1000)
     wasted = sum(1 for r in log.rounds[20:switch] if r[0] != "none")
     assert wasted == 0  # no paid probes: shadows tell it the drafts would fail
+    ngram = controller.drafters[1]
+    shadows = [c for c in ngram.calls[:switch] if c[0] > 100]  # asked in rounds that did not use it
+    assert len(shadows) > 0.9 * (switch - 20)
+    assert all(k == controller.max_k and sampling is SAMPLING for _, k, sampling in shadows)
     assert log.speculating(switch + 10) > 0.95
     assert log.throughput(start=20, end=switch) >= 0.99 * (1000 / 10.0)
 
@@ -293,7 +301,9 @@ def test_costs_stay_true_when_speculation_comes_and_goes():
     assert used
     for n in used:
         assert costs.verify_seconds(n) / costs.verify_seconds(1) == pytest.approx(world.verify_ms(n) / 18.0, rel=0.1)
-    assert log.throughput() >= 1000 / 18.0
+    # never much slower than the target alone: the probes that land in bad stretches cost a little (whether
+    # one lands in a good stretch and turns speculation back on is luck of the interval, not asserted)
+    assert log.throughput() >= 0.97 * 1000 / 18.0
 
 
 def test_machine_costs_are_shared_acceptance_is_per_request():
@@ -306,7 +316,7 @@ def test_machine_costs_are_shared_acceptance_is_per_request():
 
     # a new request on the same machine: costs known from the start, acceptance starts from the prior
     fresh = sim.controller("draft", machine=machine)
-    fresh.start()
+    fresh.start([1, 2, 3], SAMPLING)
     assert fresh._stats["draft"].asked == 0
     a_prior, _ = machine.history.prior("draft")
     assert a_prior > 0.8  # what earlier requests saw
@@ -327,12 +337,38 @@ def test_decisions_are_visible():
     assert info["costs"]["verify_ms"]
 
 
-def test_prompt_reaches_the_drafters():
+def test_start_reaches_every_drafter():
     sim = Sim(World(linear_verify(10.0, 1.0), {}, lambda d, r: 0.5))
-    inner = FakeDrafter("draft", sim)
-    controller = AdaptiveController([inner], NoDrafter())
-    controller.start()
-    for d in controller.drafters:
-        d.start([1, 2, 3])
+    inner, none = FakeDrafter("draft", sim), NoDrafter()
+    controller = AdaptiveController([inner], none)
+    assert controller.drafters == [none, inner]
+    controller.start([1, 2, 3], SAMPLING)
     assert inner.started_with == [1, 2, 3]
-    assert controller.unseen("draft") == 2  # the prompt, less the token each round adds anyway
+
+
+def test_catchup_is_the_context_a_drafter_has_not_processed():
+    """All of the context at first (less the token every round adds anyway); after a drafting round, none;
+    then what was emitted while it was not used."""
+    sim = Sim(World(linear_verify(10.0, 1.0), {"draft": 1.0}, lambda d, r: 0.5))
+    controller = sim.controller("draft")
+    context = [1, 2, 3, 4]  # a prompt of 3, and the prefill round's token
+    controller.start(context[:3], SAMPLING)
+    assert controller.unseen("draft", len(context)) == 3
+    drafter, k = controller.choose(context)  # never seen, optimistic: it drafts
+    assert drafter.name == "draft" and k > 0
+    context += [5, 6]  # one draft token accepted, then the target's
+    controller.observe(Round([5, 6], None, "draft", k, k, 1, 0.001 * k, 0.010), context)
+    assert controller.unseen("draft", len(context)) == 0
+    assert controller.unseen("draft", len(context) + 5) == 5
+
+
+def test_the_first_reported_round_is_measured():
+    """The loop never reports the prefill round, so the first round observe sees is a real one and its
+    verify time counts (it was once dropped as if it were the prefill)."""
+    controller = AdaptiveController([], NoDrafter())
+    controller.start([1, 2, 3], SAMPLING)
+    drafter, k = controller.choose([1, 2, 3, 4])
+    assert (drafter.name, k) == ("none", 0)  # the target alone is k == 0
+    controller.observe(Round([5], None, "none", 0, 0, 0, 0.0, 0.012), [1, 2, 3, 4, 5])
+    assert controller.machine.costs.describe()["verify_ms"] == {1: 12.0}
+    assert controller.machine.costs.verify_seconds(1) == pytest.approx(0.012)

@@ -18,12 +18,29 @@ def test_seeded_sampling_is_reproducible(engine):
     assert len(others | {tuple(a.tokens)}) > 1  # the seed matters
 
 
-def test_sampled_speculation_runs_the_rejection_rule(engine):
+def test_sampled_speculation_accepts_coupled_drafts(engine):
     p = engine.chat_prompt(PROMPT)
     r = engine.generate(p, max_tokens=32, temperature=1.0, seed=7, draft="model", k=4)
     assert r.stats.drafted > 0
     assert 0 < r.stats.accepted <= r.stats.drafted
     assert len(r.tokens) == 32 or r.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sampled_output_does_not_depend_on_the_drafter_or_k(engine, seed):
+    """Each position's draw is a function of (seed, position): the target alone, n-gram, the draft model at
+    several K and the adaptive controller all give the same tokens for one seed."""
+    p = engine.chat_prompt(PROMPT)
+    kw = dict(max_tokens=40, temperature=0.8, seed=seed)
+    alone = engine.generate(p, draft="none", **kw).tokens
+    for draft, k in (("ngram", 2), ("model", 1), ("model", 2), ("model", 4), ("auto", None)):
+        assert engine.generate(p, draft=draft, k=k, **kw).tokens == alone, (draft, k)
+
+
+def test_a_sampled_request_without_a_seed_is_drawn_afresh(engine):
+    p = engine.chat_prompt(PROMPT)
+    runs = {tuple(engine.generate(p, max_tokens=16, temperature=1.0, draft="model").tokens) for _ in range(3)}
+    assert len(runs) > 1
 
 
 def test_stream_pieces_add_up_to_the_generated_text(engine):
@@ -47,6 +64,43 @@ def test_stop_string_cuts_the_text(engine):
     assert r.finish_reason == "stop"
     assert stop not in r.text
     assert full.text.startswith(r.text)
+
+
+class Oracle:
+    """A drafter that knows what comes next (the target alone's output, and more after it), so every round
+    drafts the full K and is accepted: the rounds run right up to the end of the context."""
+
+    name = "oracle"
+
+    def __init__(self, sequence):
+        self.sequence = list(sequence)
+
+    def start(self, prompt):
+        pass
+
+    def propose(self, context, k, sampling):
+        return self.sequence[len(context) : len(context) + k]
+
+
+def test_the_context_limit_is_the_same_with_and_without_speculation(smol_engine):
+    """A context of n_ctx holds at most n_ctx tokens, prompt included: the target alone stops there, and so
+    must a round that would otherwise verify past it."""
+    from quickdraft import Engine
+    from quickdraft.loading import open_model, standard_drafters
+    from quickdraft.target import LocalTarget
+
+    tokenizer = open_model("smollm2-135m", n_ctx=64, threads=2)
+    target = LocalTarget(tokenizer, max_k=4)  # this test is about the context, not about kernels
+    n_ctx = target.n_ctx  # llama.cpp rounds the context up (to 256 cells)
+    p = tokenizer.tokenize("one two three four five six seven eight nine ten " * (n_ctx // 8))[: n_ctx - 30]
+    plain = Engine(target, tokenizer, standard_drafters(), draft="none")
+    alone = plain.generate(p, max_tokens=n_ctx, draft="none")
+    assert len(p) + len(alone.tokens) == n_ctx and alone.finish_reason == "length"
+    oracle = Oracle(p + alone.tokens + alone.tokens)
+    spec = Engine(target, tokenizer, {**standard_drafters(), "oracle": oracle}, draft="oracle", k=4)
+    r = spec.generate(p, max_tokens=n_ctx, k=4)
+    assert r.tokens == alone.tokens and r.finish_reason == "length"
+    assert r.stats.accepted > 0
 
 
 def test_max_tokens_is_exact_even_mid_round(engine):

@@ -34,6 +34,37 @@ def test_logits_after_rollback_equal_a_fresh_evaluation(pair, prompt_len):
     np.testing.assert_array_equal(after, fresh_logits(fresh, accepted))
 
 
+class RefusesTailRemoval:
+    """llama.cpp's functions, except that removing a tail of the KV cache fails, as it does for recurrent and
+    hybrid models (their state cannot be rolled back position by position)."""
+
+    def __init__(self, lib):
+        self._lib = lib
+
+    def __getattr__(self, name):
+        return getattr(self._lib, name)
+
+    @staticmethod
+    def llama_memory_seq_rm(*args):
+        return False
+
+
+def test_a_cache_that_cannot_drop_a_tail_is_rebuilt_at_the_right_positions(pair):
+    used, fresh = pair
+    prefix = used.tokenize("A cache that cannot remove a tail must start over from position zero.")
+    used.reset()
+    used.evaluate(prefix + [1000, 2000, 3000], 4)
+    real = used._lib
+    used._lib = RefusesTailRemoval(real)
+    try:
+        accepted = prefix + [1000, 777]
+        after = used.evaluate(accepted, 1)[0].copy()
+    finally:
+        used._lib = real
+    assert used.tokens == accepted
+    np.testing.assert_array_equal(after, fresh_logits(fresh, accepted))
+
+
 def test_rollback_removes_only_the_rejected_tail(pair):
     used, _ = pair
     used.reset()

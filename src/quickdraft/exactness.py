@@ -2,40 +2,123 @@
 those of decoding the same tokens one at a time (`LlamaModel.max_exact_batch`), remembered on disk.
 
 Speculative decoding is lossless only if verifying k + 1 tokens in one batch gives the logits one-token
-decoding gives; llama.cpp's kernels choose code paths by batch shape, and some (K-quant matmuls with
-repacked weights, for one) round differently. The engine caps K to what this probe finds.
+decoding gives. llama.cpp's kernels choose code paths by batch shape (llamafile's sgemm for batches of 2+,
+repacked K-quant gemm for 4+, a padded KV view once a batch crosses a multiple of 256 cells, sliding-window
+masks past 512 tokens for Gemma 3), and some round differently. The probe checks every batch size up to
+k + 1 after prefixes of PROBE_KV_LENS tokens; the engine caps K to what it finds.
+
+The result is kept in ~/.cache/quickdraft/exact-batch.json under a key over everything that picks kernels:
+the model file, the llama.cpp build, the CPU, threads, KV cache type, flash attention, GPU layers, RPC
+workers and the backend devices. Anything else (another machine, an upgraded wheel) probes again.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
 import logging
 import os
-from importlib.metadata import version
+import platform
+import time
+from functools import lru_cache
+from pathlib import Path
 
-from quickdraft.llama_model import LlamaModel
+from quickdraft.llama_model import LlamaModel, system_info
 from quickdraft.model_store import cache_dir
 
 log = logging.getLogger("quickdraft")
 
+# KV lengths the probe verifies batches after: a short prefix; one whose batches cross the 256-cell
+# boundary of llama.cpp's padded KV view; one past Gemma 3's 512-token sliding window and past 2 prompt
+# chunks of 512 (the first token after a chunked prompt is where a difference would show first).
+PROBE_KV_LENS = (24, 250, 1030)
+
+
+@lru_cache(maxsize=None)
+def _cpu() -> str:
+    """The CPU's model name and feature flags (the kernels llama.cpp picks at run time depend on them)."""
+    try:
+        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        fields = dict(line.split(":", 1) for line in first_cpu.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        flags = fields.get("flags") or fields.get("Features") or ""
+        name = fields.get("model name") or fields.get("CPU part") or platform.processor()
+        return f"{name} | {hashlib.sha256(flags.encode()).hexdigest()[:16]}"
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+
+
+@lru_cache(maxsize=None)
+def _devices() -> tuple[str, ...]:
+    """The ggml backend devices this process can compute on (CPU, GPUs, RPC workers added so far)."""
+    import llama_cpp
+
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    try:
+        ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))
+        base = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
+    except OSError:
+        return ()
+    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+    for f in (base.ggml_backend_dev_name, base.ggml_backend_dev_description):
+        f.argtypes = [ctypes.c_void_p]
+        f.restype = ctypes.c_char_p
+    out = []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        out.append(f"{base.ggml_backend_dev_name(dev).decode()}: {base.ggml_backend_dev_description(dev).decode()}")
+    return tuple(out)
+
+
+def probe_key(model: LlamaModel, limit: int) -> dict:
+    """Everything that changes which kernels run (and so how they round) for this model here."""
+    st = model.path.stat()
+    info = system_info()
+    return {
+        "model": [str(model.path.resolve()), st.st_size, st.st_mtime_ns],
+        "llama_cpp_python": info["llama_cpp_python"],
+        "build": info["system_info"],
+        "cpu": _cpu(),
+        "threads": model.threads,
+        "n_batch": model.n_batch,
+        "kv_type": model.kv_type,
+        "flash_attn": model.flash_attn,
+        "gpu_layers": model.n_gpu_layers,
+        "rpc": list(model.rpc_servers),
+        "devices": list(_devices()),
+        "kv_lens": list(PROBE_KV_LENS),
+        "limit": limit,
+    }
+
 
 def exact_max_k(model: LlamaModel, k: int) -> int:
     """The largest K <= k whose verification batch (K + 1 tokens) reproduces one-by-one decoding bit for bit
-    on this machine, remembered per model file and llama.cpp build."""
-    st = model.path.stat()
-    key = f"{model.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{version('llama-cpp-python')}|{k + 1}"
+    on this machine after every prefix length of PROBE_KV_LENS (that fits the context), remembered on disk."""
+    key = probe_key(model, k + 1)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     cache = cache_dir() / "exact-batch.json"
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
-    if key not in known:
-        known[key] = model.max_exact_batch(k + 1)
+    known = {d: e for d, e in known.items() if isinstance(e, dict)}  # drops entries of older formats
+    entry = known.get(digest)
+    if not isinstance(entry, dict) or "max_batch" not in entry:
+        t0 = time.perf_counter()
+        kv_lens = [n for n in PROBE_KV_LENS if n + k + 1 <= model.n_ctx]
+        entry = {"max_batch": model.max_exact_batch(k + 1, kv_lens=kv_lens),
+                 "probe_seconds": round(time.perf_counter() - t0, 2), "key": key}
+        log.info("%s: exactness probe took %.1fs: batches up to %d are exact", model.name,
+                 entry["probe_seconds"], entry["max_batch"])
+        known[digest] = entry
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(known, indent=1))
         os.replace(tmp, cache)
-    exact_k = known[key] - 1
+    exact_k = entry["max_batch"] - 1
     if exact_k < k:
         log.warning(
             "%s: llama.cpp's kernels here verify at most %d tokens per batch bit-exactly; K is capped at %d so "

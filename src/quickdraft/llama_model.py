@@ -154,6 +154,16 @@ def rpc_devices(endpoints: Sequence[str]) -> ctypes.Array:
     return (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
 
 
+_PROBE_TEXT = (
+    "The history of the region spans many centuries, and its people have long traded by sea. In 1847 the "
+    "harbour was rebuilt; by 1903, steam ships carried 12,000 tonnes of grain a year to ports abroad. "
+    "Q: What does `evaluate(tokens, n_logits)` return? A: the logits of the last n_logits positions. "
+    "Meanwhile, in the mountains, farmers grew barley, rye and potatoes, and kept goats for milk and wool.\n"
+)
+
+KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "bf16": 30}  # KV cache types by name -> ggml_type
+
+
 class LlamaModel:
     """A GGUF model with one context and one KV sequence."""
 
@@ -169,12 +179,16 @@ class LlamaModel:
         vocab_only: bool = False,
         rpc_servers: Sequence[str] = (),
         exact: bool = True,
+        flash_attn: bool | None = None,
+        kv_type: str = "f16",
     ):
         """vocab_only: load the tokenizer alone (no weights, no context; `evaluate` is unavailable).
         rpc_servers: llama.cpp rpc-server workers (HOST:PORT) whose devices take the first n_gpu_layers.
         exact: flash attention off and an F16 KV cache, so a batch of tokens gives the logits decoding them
         one at a time gives (see "Exactness" below); False: llama.cpp's defaults (flash attention where it
-        is supported), faster on some machines, equal to one-by-one decoding only up to rounding."""
+        is supported), faster on some machines, equal to one-by-one decoding only up to rounding.
+        flash_attn, kv_type: override those two settings (None: off when exact, else llama.cpp's auto; the KV
+        cache type is one of KV_TYPES, "q8_0" V needing flash attention); for measurements, not for serving."""
         path = Path(path)
         self.path = path
         self.name = name or path.stem
@@ -228,9 +242,16 @@ class LlamaModel:
         # (F16) KV cache llama.cpp uses by default, batches reproduce single tokens bit for bit.
         # Measured: scripts/batch_exactness.py, README "Exactness".
         self.exact = exact
-        if exact:
-            cparams.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cparams.type_k = cparams.type_v = 1  # GGML_TYPE_F16, llama.cpp's default
+        if flash_attn is None and exact:
+            flash_attn = False
+        # LLAMA_FLASH_ATTN_TYPE_ AUTO (-1, llama.cpp's default) / DISABLED (0) / ENABLED (1)
+        cparams.flash_attn_type = -1 if flash_attn is None else int(flash_attn)
+        self.flash_attn = flash_attn  # None: llama.cpp decides
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {kv_type!r}")
+        self.kv_type = kv_type
+        cparams.type_k = cparams.type_v = KV_TYPES[kv_type]  # f16: llama.cpp's default
+        self.n_gpu_layers = n_gpu_layers
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             lib.llama_model_free(self._model)
@@ -356,17 +377,17 @@ class LlamaModel:
             self.truncate(keep)
             keep = len(self.tokens)  # a cache that could not drop a tail was cleared: start from there
         new = tokens[keep:]
-        # The last chunk holds every position whose logits are asked for; earlier chunks are n_batch long.
-        first_len = len(new) % self.n_batch or self.n_batch
-        start = 0
-        chunk_len = first_len if len(new) > self.n_batch else len(new)
-        while start < len(new):
-            chunk = new[start : start + chunk_len]
-            is_last = start + chunk_len >= len(new)
-            self._decode(chunk, keep + start, n_logits if is_last else 0)
+        # Chunks of n_batch from the first new token, as llama.cpp's own prompt processing (and
+        # llama_cpp.Llama.eval) splits a prompt: where a big batch rounds differently from a smaller one,
+        # the same split gives the same KV cache. The last chunk must hold every position whose logits are
+        # asked for; where it would be shorter, the chunk before it gives it those positions.
+        bounds = list(range(0, len(new), self.n_batch)) + [len(new)]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < n_logits:
+            bounds[-2] = len(new) - n_logits
+        for start, end in zip(bounds, bounds[1:]):
+            chunk = new[start:end]
+            self._decode(chunk, keep + start, n_logits if end == len(new) else 0)
             self.tokens.extend(chunk)
-            start += chunk_len
-            chunk_len = self.n_batch
         ptr = self._lib.llama_get_logits(self._ctx)
         return np.ctypeslib.as_array(ptr, shape=(n_logits, self.n_vocab))
 
@@ -386,24 +407,27 @@ class LlamaModel:
         self._lib.llama_memory_clear(self._memory, True)
         self.tokens = []
 
-    def max_exact_batch(self, limit: int) -> int:
-        """The largest batch (<= limit) whose logits equal, bit for bit, those of decoding its tokens one
-        at a time on this machine. Speculative verification is lossless only up to that batch size: some
-        llama.cpp kernels (K-quant matmuls with repacked weights, for one) round differently for larger
-        batches. Probed once, on real text, in well under a second for small models."""
-        text = "The history of the region spans many centuries, and its people have long traded by sea. " * 4
-        seq = self.tokenize(text)[: 24 + limit]
-        prefix, tail = seq[:24], seq[24:]
+    def max_exact_batch(self, limit: int, kv_lens: Sequence[int] = (24,), text: str | None = None) -> int:
+        """The largest batch (<= limit) such that every batch up to it, after a prefix of each of `kv_lens`
+        tokens, gives the logits, bit for bit, of decoding its tokens one at a time on this machine.
+        Speculative verification is lossless only up to that batch size: some llama.cpp kernels (llamafile's
+        sgemm, repacked K-quant gemm) round differently for larger batches. The prefixes are read as a prompt
+        is (`evaluate`), each extending the one before; the cache is emptied afterwards."""
+        tokens = self.tokenize(text or _PROBE_TEXT)
+        while len(tokens) < max(kv_lens) + limit:
+            tokens += tokens
+        exact = limit
         self.reset()
-        self.evaluate(prefix, 1)
-        single = [self.evaluate(prefix + tail[: i + 1], 1)[0].copy() for i in range(len(tail))]
-        exact = 1
-        for b in range(2, len(tail) + 1):
-            self.evaluate(prefix, 1)  # drop the tail, keep the prefix
-            batch = self.evaluate(prefix + tail[:b], b)
-            if not all(np.array_equal(batch[i], single[i]) for i in range(b)):
+        for n in sorted(kv_lens):
+            if exact < 2:
                 break
-            exact = b
+            self.evaluate(tokens[:n], 1)
+            single = [self.evaluate(tokens[: n + i + 1], 1)[0].copy() for i in range(exact)]
+            for b in range(2, exact + 1):
+                batch = self.evaluate(tokens[: n + b], b)  # drops the tail back to n, then one batch
+                if not all(np.array_equal(batch[i], single[i]) for i in range(b)):
+                    exact = b - 1
+                    break
         self.reset()
         return exact
 

@@ -101,7 +101,7 @@ def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
 def distribution(logits: np.ndarray, params: SamplingParams) -> Dist:
     """The distribution the next token is drawn from, given raw logits and the sampling parameters."""
     if params.greedy:
-        return Dist.one_hot(int(np.argmax(logits)))
+        return Dist(np.ones(1), np.array([int(np.argmax(logits))]))
     x = np.asarray(logits, dtype=np.float64) / params.temperature
     ids = None
     if params.top_k and params.top_k < len(x):

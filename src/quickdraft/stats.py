@@ -1,8 +1,8 @@
-"""Per-request statistics of the speculative loop."""
+"""Per-request statistics of the speculative loop (and sums of them: `add`)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -18,6 +18,17 @@ class GenerationStats:
     total_seconds: float = 0.0
     drafter_rounds: dict[str, int] = field(default_factory=dict)  # rounds per drafter name (k > 0)
     choices: dict[str, int] = field(default_factory=dict)  # rounds per choice: "drafter:k", or "none"
+
+    def add(self, other: "GenerationStats") -> None:
+        """Add another request's counts and times to these (a running total; its rates stay totals over
+        totals)."""
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, dict):
+                for key, n in theirs.items():
+                    mine[key] = mine.get(key, 0) + n
+            else:
+                setattr(self, f.name, mine + theirs)
 
     @property
     def acceptance_rate(self) -> float:

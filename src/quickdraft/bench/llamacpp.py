@@ -7,8 +7,9 @@ Programs (built once from the llama.cpp source that llama-cpp-python compiled, s
   context, n = 1..4; ours looks up the longest of n = 4..2: the same idea, not the same lookup);
 - the target alone: `llama-lookup --spec-draft-n-max 0`, which then decodes one token per target pass.
 
-Each generation is one process with our settings: the prompt our chat template renders (as text; llama.cpp
-adds the BOS token itself), greedy or the same temperature, the same threads, context, flash attention on.
+Each generation is one process: the prompt our chat template renders (as text; llama.cpp adds the BOS token
+itself), greedy or the same temperature, the same threads and context; everything else (batch sizes, flash
+attention) at llama.cpp's defaults.
 Tokens and seconds are the program's own report: "encoded N tokens in S1 seconds" (the prompt) and
 "decoded M tokens in S2 seconds" (the rest); the run's seconds are S1 + S2, model loading left out as it is
 for ours. These programs stop once they have *more* than -n tokens, so M can exceed max_tokens by up to K:
@@ -95,7 +96,7 @@ def command(
     common = [
         "-m", str(target), "-p", prompt_text, "--no-escape", "-n", str(max_tokens),
         "--temp", str(temperature), "--seed", str(seed), "-t", str(threads), "-tb", str(threads),
-        "-c", str(n_ctx), "-b", str(n_ctx), "-ub", "512", "-fa", "on",
+        "-c", str(n_ctx),  # batch sizes and flash attention: llama.cpp's defaults
     ]
     if config.draft == "none":
         return [str(programs[LOOKUP]), *common, "--spec-draft-n-max", "0", "-lcd", str(scratch / "ngram.bin")]

@@ -4,40 +4,33 @@ so no configuration reuses the prompt another one just read."""
 
 from __future__ import annotations
 
-from quickdraft import model_store
 from quickdraft.bench.memory import PeakRSS
 from quickdraft.bench.prompts import BenchPrompt
 from quickdraft.bench.records import Config, Run
-from quickdraft.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
-from quickdraft.engine import AUTO_MAX_K, Engine, check_vocab, exact_max_k
+from quickdraft.engine import Engine
 from quickdraft.errors import QuickdraftError
 from quickdraft.llama_model import LlamaModel
-from quickdraft.target import LocalTarget
+from quickdraft.loading import load_drafter, load_target, standard_drafters
 
 
 def build_engine(
     target: str, draft_models: list[str], *, n_ctx: int = 4096, threads: int | None = None,
-    chat_template: str | None = None, exact: bool = True, max_k: int = AUTO_MAX_K,
+    chat_template: str | None = None, exact: bool = True,
 ) -> Engine:
-    """An engine with the drafters none, ngram and one per draft model (named by the model's name). With
-    `exact`, K is capped as Engine.load caps it (quickdraft.engine.exact_max_k), so the bench measures what
-    users get; the cap is engine.target.max_k."""
-    target_model = LlamaModel(model_store.resolve(target), n_ctx=n_ctx, threads=threads, name=target)
-    drafters: dict[str, Drafter] = {"none": NoDrafter(), "ngram": NgramDrafter()}
+    """An engine with the drafters none, ngram and one per draft model (named by the model's name), loaded
+    as Engine.load loads them (quickdraft.loading), so the bench measures what users get: with `exact`, K
+    is capped to engine.target.max_k."""
+    target_backend, tokenizer = load_target(target, n_ctx=n_ctx, threads=threads, exact=exact)
+    drafters = standard_drafters()
     for name in draft_models:
-        model = LlamaModel(model_store.resolve(name), n_ctx=n_ctx, threads=threads, name=name)
-        check_vocab(target_model, model)
-        drafters[name] = ModelDrafter(model)
-    target_backend = LocalTarget(target_model)
-    if exact:
-        target_backend.max_k = exact_max_k(target_model, max(max_k, AUTO_MAX_K))
-    return Engine(target_backend, target_model, drafters, draft="none", chat_template=chat_template)
+        drafters[name] = load_drafter(name, tokenizer, n_ctx=n_ctx, threads=threads, exact=exact)
+    return Engine(target_backend, tokenizer, drafters, draft="none", chat_template=chat_template)
 
 
 def reset_caches(engine: Engine) -> None:
     """Empty the KV cache of every model the engine runs in this process."""
     for part in (engine.target, *engine.drafters.values()):
-        model = getattr(part, "model", None)
+        model = getattr(part, "model", None)  # local targets and model drafters have one; others don't
         if isinstance(model, LlamaModel):
             model.reset()
 

@@ -141,7 +141,8 @@ def notes(settings: BenchSettings, configs: Sequence[Config], load: tuple[float,
             "--spec-type draft-simple (p-min 0, n-min 0: exactly K drafts a round) for a draft model, "
             "llama-lookup --spec-draft-n-max K for n-gram, llama-lookup --spec-draft-n-max 0 for the target "
             "alone. Their seconds = the 'encoded' plus 'decoded' times they print; they may run up to K "
-            "tokens past max_tokens, all counted. Same threads, context, flash attention, sampling.",
+            "tokens past max_tokens, all counted. Same threads, context and sampling; llama.cpp's own defaults "
+            "otherwise (batch sizes; flash attention 'auto').",
             "llama.cpp peak RSS = the child process's own, sampled every 50 ms while it runs; it has no TTFT.",
         ]
     if any(c.backend == "server" for c in configs):
@@ -180,14 +181,13 @@ def run(settings: BenchSettings, *, on_start: Callable[[int], None] | None = Non
             picked = pick_draft(settings.target)
             auto_models = [picked] if picked else []
         engine = build_engine(settings.target, list(dict.fromkeys(drafts + auto_models)), n_ctx=settings.n_ctx,
-                              threads=threads, chat_template=settings.chat_template, exact=settings.exact,
-                              max_k=max(settings.ks))
+                              threads=threads, chat_template=settings.chat_template, exact=settings.exact)
         backends["local"] = LocalBackend(engine, temperature=settings.temperature, seed=settings.seed)
-        cap = getattr(engine.target, "max_k", None)
+        cap = engine.target.max_k
         ks = effective_ks(settings.ks, cap)
         if ks != sorted(set(settings.ks)):
             extra_notes.append(f"K capped at {cap}: llama.cpp's kernels here verify at most {cap + 1} tokens a "
-                               f"batch bit-exactly (quickdraft.engine.exact_max_k), so K {settings.ks} ran as "
+                               f"batch bit-exactly (quickdraft.exactness), so K {settings.ks} ran as "
                                f"{ks}; --inexact lifts the cap.")
         configs = local_configs(settings.drafts, ks, ["ngram", *auto_models])
         if settings.against:

@@ -5,8 +5,8 @@ Prints (and with --json writes):
    waited minus the time the node reported computing (`compute_us`); per round, the median verify call plus
    the median draft call (measured without pipelining, which would overlap the draft call with the verify);
    plus a bare `ping` round trip between awake processes;
-2. bytes per round, both directions, greedy and sampled (token ids, and for a sampled draft its top-32
-   sparse distributions);
+2. bytes per round, both directions, greedy and sampled (token ids alone either way: a sampled draft is its
+   coupled draws, quickdraft.coupling, and the node samples with the request's seed);
 3. speculative throughput with the target behind a 2 ms / 1 Gbit link (quickdraft.node.linkemu) against the
    same configuration on loopback, runs interleaved;
 4. pipelining: the same generation with and without drafting ahead, and the target alone.
@@ -86,10 +86,10 @@ def protocol_round_trips(target_url: str, draft_url: str, wire: dict) -> dict:
 
 def _drafter_client(engine):
     """The RemoteDrafter's client under the fallback and pipeline wrappers."""
-    d = engine.drafters["model"]
-    while hasattr(d, "inner"):
-        d = d.inner
-    return d.client
+    from quickdraft.node.pipeline import PipelinedDrafter
+
+    d = engine.drafters["model"].inner  # under the FallbackDrafter
+    return (d.inner if isinstance(d, PipelinedDrafter) else d).client
 
 
 def run_prompts(engine, prompts, *, max_tokens, draft="model", **sampling) -> dict:

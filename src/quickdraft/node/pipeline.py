@@ -4,32 +4,55 @@
 proposal P for context C, it asks the inner drafter, in a background thread, for k+1 tokens after C + P:
 that is the bet that the target accepts all of P; the first of those tokens is the draft's guess of the
 target's own (bonus) token and the rest are the next round's draft. The loop meanwhile sends P to the
-target. At the next round the context is C' = C + accepted + the target's token:
+target. What it keeps is a chain: C, then tokens each drafted from the chain before it (P, then the
+prefetched ones). At the next round the context is C' = C + accepted + the target's token:
 
-- if C' lies along C + P + prefetched (everything accepted and the guess was right), the next proposal is
-  the prefetched tokens that follow C', and the draft node's work was hidden behind the target's;
-- otherwise the prefetch is stale: it is discarded (counted in `stale`), and the proposal is drafted now,
-  from C', as without pipelining. The node re-syncs by itself: the next request's base/extend delta drops
-  the stale tokens.
+- if C' lies along the chain (everything accepted and the guess was right), the next proposal is the chain's
+  tokens after C', and the draft node's work was hidden behind the target's;
+- otherwise the chain is stale: it is discarded (counted in `stale`), and the proposal is drafted now, from
+  C', as without pipelining. The node re-syncs by itself: the next request's base/extend delta drops the
+  stale tokens.
 
-Proposals stay exact: a prefetched token was drafted from exactly the context it is used in. The inner
-drafter is only ever called from one thread at a time (the background call is always collected first).
+Proposals stay exact and RNG-free: a drafted token is a function of the context it was drafted after and
+the request's sampling (its seed: quickdraft.coupling), and a chain token is only used after exactly that
+context, with that sampling. So a proposal served from the chain is the one the inner drafter would make
+now; a prefetch that is never used changes nothing (nothing is consumed by drafting), and the target's
+output does not depend on pipelining at all. The inner drafter is only ever called from one thread at a time
+(the background call is always collected first).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Sequence
 
-from quickdraft.drafters import Drafter, Proposal
+from quickdraft.node.remote import RemoteDrafter
+from quickdraft.sampling import SamplingParams
+
+
+@dataclass
+class _Chain:
+    tokens: list[int]  # a context, then tokens each drafted from the chain before it
+    drafted_from: int  # tokens[drafted_from:] were drafted
+    sampling: SamplingParams
+
+    def after(self, context: Sequence[int], sampling: SamplingParams, k: int) -> list[int] | None:
+        """The chain's next k tokens after `context`, or None where the context leaves the chain."""
+        n = len(context)
+        if sampling != self.sampling or not self.drafted_from <= n <= len(self.tokens):
+            return None
+        if self.tokens[:n] != list(context):
+            return None
+        return self.tokens[n : n + k]
 
 
 class PipelinedDrafter:
-    def __init__(self, inner: Drafter):
+    def __init__(self, inner: RemoteDrafter):
         self.inner = inner
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-prefetch")
-        self._pending: Future | None = None
-        self._assumed: list[int] = []  # the context the pending prefetch drafts after
+        self._pending: tuple[_Chain, Future] | None = None  # the chain so far and the prefetch extending it
+        self._chain: _Chain | None = None
         self.hits = self.stale = 0
 
     @property
@@ -41,57 +64,44 @@ class PipelinedDrafter:
         self.inner.start(prompt)
 
     def discard(self) -> None:
-        """Drop the pending prefetch (waiting for it: the inner drafter is busy until it returns)."""
-        pending, self._pending = self._pending, None
+        """Drop the chain and the pending prefetch (waiting for it: the inner drafter is busy until it
+        returns)."""
+        pending, self._pending, self._chain = self._pending, None, None
         if pending is not None:
             try:
-                pending.result()
+                pending[1].result()
             except Exception:
                 pass
 
-    def propose(self, context, k, sampling, rng) -> Proposal:
+    def propose(self, context, k, sampling) -> list[int]:
         if k <= 0:
-            return Proposal()  # a target-alone round: the prefetch may still fit the next one
-        proposal = self._prefetched(context, k)
-        if len(proposal.tokens) < k:  # nothing (or too little) prefetched for this context: draft the rest now
-            more = self.inner.propose(list(context) + proposal.tokens, k - len(proposal.tokens), sampling, rng)
-            proposal = _concat(proposal, more)
-        self._assumed = list(context) + proposal.tokens
-        self._pending = self._executor.submit(self.inner.propose, self._assumed, k + 1, sampling, rng)
-        return proposal
+            return []  # a target-alone round: the chain may still fit the next one
+        tokens = self._known(context, k, sampling)
+        if len(tokens) < k:  # nothing (or too little) known after this context: draft the rest now
+            tokens = tokens + self.inner.propose(list(context) + tokens, k - len(tokens), sampling)
+        head = _Chain(list(context) + tokens, len(context), sampling)
+        self._pending = head, self._executor.submit(self.inner.propose, head.tokens, k + 1, sampling)
+        return tokens
 
-    def _prefetched(self, context: Sequence[int], k: int) -> Proposal:
-        """The prefetched tokens that continue `context`, at most k; empty if the prefetch is stale."""
+    def _known(self, context: Sequence[int], k: int, sampling: SamplingParams) -> list[int]:
+        """The chain's tokens that continue `context`, at most k; empty if the chain is stale."""
         pending, self._pending = self._pending, None
-        if pending is None:
-            return Proposal()
-        ahead = pending.result()  # a failed prefetch raises here, for the caller's fault handling
-        assumed, n = self._assumed, len(self._assumed)
-        decided = list(context[n:])
-        if len(context) >= n and context[:n] == assumed and decided == ahead.tokens[: len(decided)]:
-            start = len(decided)
-            tokens = ahead.tokens[start : start + k]
-            if tokens:
-                self.hits += 1
-                dists = ahead.dists[start : start + k] if ahead.dists is not None else None
-                return Proposal(tokens, dists)
-        self.stale += 1
-        return Proposal()
+        if pending is not None:
+            head, future = pending
+            ahead = future.result()  # a failed prefetch raises here, for the caller's fault handling
+            self._chain = _Chain(head.tokens + ahead, head.drafted_from, head.sampling)
+        if self._chain is None:
+            return []
+        tokens = self._chain.after(context, sampling, k)
+        if tokens is None:
+            self.stale += 1
+            self._chain = None
+            return []
+        if tokens:
+            self.hits += 1
+        return tokens
 
     def close(self) -> None:
         self.discard()
         self._executor.shutdown(wait=False)
-
-
-def _concat(a: Proposal, b: Proposal) -> Proposal:
-    if not a.tokens:
-        return b
-    if a.dists is None and b.dists is None:
-        dists = None
-    else:
-        from quickdraft.sampling import Dist
-
-        da = a.dists or [Dist.one_hot(t) for t in a.tokens]
-        db = b.dists or [Dist.one_hot(t) for t in b.tokens]
-        dists = list(da) + list(db)
-    return Proposal(a.tokens + b.tokens, dists)
+        self.inner.close()

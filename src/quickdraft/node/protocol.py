@@ -9,24 +9,37 @@ client costs about 0.7 ms a round trip on loopback, a WebSocket message well und
 Ops (every op may answer an error):
 
     info    {protocol}                            -> {protocol, quickdraft, role, model, n_vocab,
-                                                      vocab_fingerprint, n_ctx, bos, eos, llama_cpp}
+                                                      vocab_fingerprint, n_ctx, max_exact_k, bos, eos,
+                                                      llama_cpp}
     vocab   {}                                    -> {gguf: bytes}  (the model's vocabulary as a GGUF file
                                                       without tensors: the coordinator's tokenizer)
-    open    {tokens, sampling, rng[, replace]}    -> {session}      (prefills tokens; `replace` ends an
-                                                      older session of the same client)
-    verify  {session, base, extend, draft[, q][, logprobs]}
+    open    {tokens, sampling[, replace]}         -> {session}      (a request begins with these tokens;
+                                                      `replace` ends an older session of the same client)
+    verify  {session, base, extend, draft[, logprobs]}
                                                   -> {n_accepted, token[, logprobs], compute_us}
-    draft   {session, base, extend, n}            -> {tokens[, q], compute_us}
+    draft   {session, base, extend, n}            -> {tokens, compute_us}
     append  {session, base, extend}               -> {n_tokens}
     close   {session}                             -> {}
     ping    {[echo]}                              -> {[echo]}
 
-Only deltas of token ids cross the wire. A session's token list lives on the node; the client keeps a
-mirror of it and sends `base` (how many of the node's tokens to keep) and `extend` (the tokens after them),
-which in the steady state is zero or one token. A target's verdict is `n_accepted` and the one token the
-target adds: the accepted tokens are the draft's own, which the client already has. `q` is a sampled
-draft's sparse distributions, one `[ids, probs]` pair per draft token (float64, exactly what the draft drew
-from); `logprobs` entries are `[token, logprob, [[id, logprob], ...]]`.
+Only token ids cross the wire, and only deltas of them. A session's token list lives on the node; the
+client keeps a mirror of it and sends `base` (how many of the node's tokens to keep) and `extend` (the tokens
+after them), which in the steady state is zero or one token. A target's verdict is `n_accepted` and the one
+token the target adds: the accepted tokens are the draft's own, which the client already has.
+
+`sampling` is the request's SamplingParams, its seed included (`seed` is absent for greedy requests that
+have none). Sampled decoding is drafter-invariant (quickdraft.coupling): the token at each position is a
+function of the logits, the seed and the position, so a node needs nothing else to draw exactly what the
+coordinator's own process would, and a sampled draft is its token ids like a greedy one. `logprobs`
+entries are `[token, logprob, [[id, logprob], ...]]`.
+
+`open` does not evaluate anything: it starts the request as the in-process engine does (`Target.start`,
+`Drafter.start`; a target whose batches round differently from single tokens empties its KV cache there,
+quickdraft.target.LocalTarget), and the first verify or draft evaluates the tokens, exactly as in process.
+`max_exact_k` is the target node's `Target.max_k`, measured on its own machine (quickdraft.exactness).
+
+Protocol 2 (this one) replaced protocol 1's hand-over of the request's random generator state and its
+sampled drafts' top-32 distributions (`q`) with the seed in `sampling`.
 """
 
 from __future__ import annotations
@@ -35,14 +48,13 @@ from typing import Any, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
-import numpy as np
 
 from quickdraft.errors import QuickdraftError
 from quickdraft.node import is_node_url
-from quickdraft.sampling import Dist, SamplingParams
+from quickdraft.sampling import SamplingParams
 from quickdraft.target import TokenLogprob
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 ROLES = ("target", "draft")
 
 
@@ -86,73 +98,39 @@ def parse_node_url(url: str) -> tuple[str, int, dict[str, str]]:
 
 
 # ---- values -----------------------------------------------------------------------------------------------
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "seed")
+
+
 def encode_sampling(s: SamplingParams) -> dict:
-    return {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p}
+    """The request's sampling, its seed included. A seed travels modulo 2**64 (MessagePack's integers stop
+    at 64 bits), which is all of it that quickdraft.coupling uses."""
+    d = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p}
+    if s.seed is not None:
+        d["seed"] = s.seed % 2**64
+    return d
 
 
-def decode_sampling(d: dict) -> SamplingParams:
-    return SamplingParams(**{k: d[k] for k in ("temperature", "top_k", "top_p", "min_p") if k in d})
+def decode_sampling(d: object) -> SamplingParams:
+    """The inverse of encode_sampling; a ValueError (pydantic's) for values out of range."""
+    if not isinstance(d, dict):
+        raise NodeProtocolError(f"sampling must be a map, got {type(d).__name__}")
+    unknown = set(d) - set(SAMPLING_FIELDS)
+    if unknown:
+        raise NodeProtocolError(f"unknown sampling fields {sorted(unknown)}")
+    return SamplingParams(**d)
 
 
-def encode_rng(rng: np.random.Generator) -> dict:
-    """The generator's exact state, so the node draws the same numbers this process would have.
-
-    PCG64's 128-bit words travel as 16-byte strings (MessagePack integers stop at 64 bits). Any other bit
-    generator is replaced by a seed drawn from it.
-    """
-    state = rng.bit_generator.state
-    if state.get("bit_generator") == "PCG64":
-        s = state["state"]
-        return {
-            "pcg64": [s["state"].to_bytes(16, "little"), s["inc"].to_bytes(16, "little")],
-            "has_uint32": state["has_uint32"],
-            "uinteger": state["uinteger"],
-        }
-    return {"seed": int(rng.integers(2**63))}
-
-
-def decode_rng(d: dict) -> np.random.Generator:
-    if "pcg64" in d:
-        state, inc = (int.from_bytes(b, "little") for b in d["pcg64"])
-        bitgen = np.random.PCG64()
-        bitgen.state = {
-            "bit_generator": "PCG64",
-            "state": {"state": state, "inc": inc},
-            "has_uint32": d.get("has_uint32", 0),
-            "uinteger": d.get("uinteger", 0),
-        }
-        return np.random.Generator(bitgen)
-    return np.random.default_rng(d.get("seed"))
-
-
-def hand_over_rng(rng: np.random.Generator) -> dict:
-    """Encode rng for a node, then jump this copy far ahead: the node now owns that stream, and a later
-    hand-over (a session re-created after a node restart) starts from numbers nobody has used."""
-    encoded = encode_rng(rng)
-    bitgen = rng.bit_generator
-    if hasattr(bitgen, "jumped"):
-        bitgen.state = bitgen.jumped().state
-    return encoded
-
-
-def encode_dists(dists: Sequence[Dist] | None) -> list | None:
-    """Sparse draft distributions as [[ids], [probs]] pairs (a dense one is cut to its support)."""
-    if dists is None:
-        return None
-    out = []
-    for d in dists:
-        if d.ids is None:
-            ids = np.flatnonzero(d.probs)
-            out.append([ids.tolist(), d.probs[ids].astype(np.float64).tolist()])
-        else:
-            out.append([np.asarray(d.ids).tolist(), np.asarray(d.probs, dtype=np.float64).tolist()])
-    return out
-
-
-def decode_dists(q: list | None) -> list[Dist] | None:
-    if q is None:
-        return None
-    return [Dist(np.asarray(probs, dtype=np.float64), np.asarray(ids, dtype=np.int64)) for ids, probs in q]
+def token_ids(values: object, n_vocab: int, what: str, *, limit: int | None = None) -> list[int]:
+    """`values` as a list of token ids, checked: a list of integers in [0, n_vocab), at most `limit` of them.
+    Anything else is a NodeProtocolError (a token id out of range must never reach llama.cpp)."""
+    if not isinstance(values, (list, tuple)):
+        raise NodeProtocolError(f"{what} must be a list of token ids, got {type(values).__name__}")
+    if limit is not None and len(values) > limit:
+        raise NodeProtocolError(f"{what}: {len(values)} tokens where at most {limit} were asked for")
+    for t in values:
+        if type(t) is not int or not 0 <= t < n_vocab:
+            raise NodeProtocolError(f"{what}: {t!r} is not a token id in [0, {n_vocab})")
+    return list(values)
 
 
 def encode_logprobs(lps: Sequence[TokenLogprob] | None) -> list | None:

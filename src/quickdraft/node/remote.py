@@ -1,20 +1,19 @@
 """A target and a drafter that live on nodes: the engine's `Target` and `Drafter` interfaces over the wire.
 
-Each keeps one session on its node and a mirror of the session's tokens, and sends only the difference
-between that mirror and the context the loop passes in. The loop passes the whole context every round, so
-the coordinator always holds the token history: when a node restarts or drops a session, `NodeSession`
-re-creates it from that history and repeats the request, once. A node that stays unreachable raises
-`NodeUnavailableError`: for the target that fails the request; a draft node's failures are absorbed by
-`FallbackDrafter`.
+Each keeps one session on its node per request (`start` ends the previous one) and a mirror of the session's
+tokens, and sends only the difference between that mirror and the context the loop passes in. The loop
+passes the whole context every round, so the coordinator always holds the token history: when a node
+restarts or drops a session, `NodeSession` re-creates it from that history and repeats the request, once. A
+node that stays unreachable raises `NodeUnavailableError`: for the target that fails the request; a draft
+node's failures are absorbed by `FallbackDrafter`. A reply that does not hold what the protocol promises
+(token ids in the vocabulary, no more than were asked for) raises `NodeProtocolError`: a node's mistake
+never reaches llama.cpp on this side.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
-
-from quickdraft.drafters import Proposal
 from quickdraft.errors import NodeUnavailableError
 from quickdraft.llama_model import common_prefix_len
 from quickdraft.node import protocol as p
@@ -33,22 +32,32 @@ class NodeSession:
         self.prefill_seconds_per_token = prefill_seconds_per_token
         self.id: int | None = None
         self.mirror: list[int] = []  # what the node's session holds, as far as this side knows
-        self._rng: np.random.Generator | None = None
-        self._sampling: SamplingParams | None = None
+        self.sampling: SamplingParams | None = None
+        self.new_request = True  # the next call opens a session: `restart` was called, or none is open
+        self.unevaluated = 0  # tokens the node holds but has not evaluated yet (an open's context)
         self.opened = 0
 
-    def request(self, context: list[int], sampling: SamplingParams, rng: np.random.Generator,
+    def restart(self) -> None:
+        """A new request begins: the next call opens a new session (replacing this one)."""
+        self.new_request = True
+
+    def request(self, context: list[int], sampling: SamplingParams,
                 build: Callable[[int, int, list[int]], dict]) -> dict:
-        """Send build(session, base, extend), opening the session first when this is a new request (a new
-        rng: the loop makes one per request) and re-creating it once if the node lost it. A dropped
-        connection is retried once on a new connection; a timeout is not retried."""
+        """Send build(session, base, extend), opening the session first when a request begins (or its
+        sampling changed) and re-creating it once if the node lost it. A dropped connection is retried once
+        on a new connection; a timeout is not retried."""
         reconnected = recreated = False
         while True:
             try:
-                if self.id is None or rng is not self._rng or sampling != self._sampling:
-                    self._open(context, sampling, rng)
+                if self.id is None or self.new_request or sampling != self.sampling:
+                    self._open(context, sampling)
                 base = common_prefix_len(self.mirror, context)
-                return self.client.call(build(self.id, base, list(context[base:])))
+                timeout = None
+                if self.unevaluated:  # the node prefills the session's context in this call
+                    timeout = self.client.timeout + self.unevaluated * self.prefill_seconds_per_token
+                reply = self.client.call(build(self.id, base, list(context[base:])), timeout=timeout)
+                self.unevaluated = 0
+                return reply
             except p.UnknownSessionError:
                 if recreated:
                     raise
@@ -61,21 +70,18 @@ class NodeSession:
                     raise
                 reconnected = True
 
-    def _open(self, context: list[int], sampling: SamplingParams, rng: np.random.Generator) -> None:
-        request = {
-            "op": "open",
-            "tokens": list(context),
-            "sampling": p.encode_sampling(sampling),
-            "rng": p.hand_over_rng(rng),
-        }
+    def _open(self, context: list[int], sampling: SamplingParams) -> None:
+        request = {"op": "open", "tokens": list(context), "sampling": p.encode_sampling(sampling)}
         if self.id is not None:
             request["replace"] = self.id
         self.id = None
-        # opening prefills the context: allow for its length on top of the usual deadline
-        timeout = self.client.timeout + len(context) * self.prefill_seconds_per_token
-        reply = self.client.call(request, timeout=timeout)
-        self.id, self._rng, self._sampling = reply["session"], rng, sampling
+        reply = self.client.call(request)
+        session = reply.get("session")
+        if type(session) is not int:
+            raise p.NodeProtocolError(f"{self.client.url} answered open without a session id: {reply!r:.200}")
+        self.id, self.sampling, self.new_request = session, sampling, False
         self.mirror = list(context)
+        self.unevaluated = len(context)
         self.opened += 1
 
     def close(self) -> None:
@@ -101,8 +107,9 @@ def _float(options: dict, key: str, default: float) -> float:
 class RemoteTarget:
     """The target model on a node. node://HOST:PORT[?timeout=S&connect_timeout=S&prefill_per_token=S]
 
-    timeout: the most a verify may take (default 60 s); a prefill may take prefill_per_token (0.05 s) per
-    prompt token more. connect_timeout: for (re)connecting (5 s)."""
+    timeout: the most a verify may take (default 60 s); the first verify of a session, which prefills its
+    context, may take prefill_per_token (0.05 s) per token more. connect_timeout: for (re)connecting (5 s).
+    max_k: what the node measured on its own machine (`max_exact_k`), as a local target's is measured here."""
 
     def __init__(self, url: str, *, timeout: float | None = None, connect_timeout: float | None = None):
         o = _options(url)
@@ -117,37 +124,45 @@ class RemoteTarget:
         except NodeUnavailableError as e:
             TARGET_FAILURES.labels(url).inc()
             raise NodeUnavailableError(f"cannot use the target: {e}") from None
+        max_k = info.get("max_exact_k")
+        if type(max_k) is not int or max_k < 0:
+            self.client.close()
+            raise p.NodeProtocolError(f"target node {url} reports no exact K (max_exact_k={max_k!r})")
         self.client.expected_fingerprint = info["vocab_fingerprint"]  # a restart must bring the same vocabulary
         self.info = info
         self.name: str = info["model"]
         self.n_vocab: int = info["n_vocab"]
         self.n_ctx: int = info["n_ctx"]
+        self.max_k: int = max_k
         self.vocab_fingerprint: str = info["vocab_fingerprint"]
-        self.max_exact_k: int | None = info.get("max_exact_k")  # measured on the node's machine
         self.session = NodeSession(self.client, prefill_seconds_per_token=_float(o, "prefill_per_token", 0.05))
 
     def tokenizer(self):
         """The target's tokenizer, loaded here vocabulary-only (see quickdraft.node.vocab)."""
         return load_vocab(self.vocab_fingerprint, lambda: self.client.call({"op": "vocab"})["gguf"], name=self.name)
 
-    def verify(self, context, proposal, sampling, rng, top_logprobs=None) -> Verdict:
-        draft = list(proposal.tokens)
+    def start(self, prompt: Sequence[int]) -> None:
+        self.session.restart()  # the first verify opens the request's session on the node
+
+    def verify(self, context, draft, sampling, top_logprobs=None) -> Verdict:
+        draft = list(draft)
 
         def build(session: int, base: int, extend: list[int]) -> dict:
             request = {"op": "verify", "session": session, "base": base, "extend": extend, "draft": draft}
-            if proposal.dists is not None and not sampling.greedy:
-                request["q"] = p.encode_dists(proposal.dists)
             if top_logprobs is not None:
                 request["logprobs"] = top_logprobs
             return request
 
         try:
-            reply = self.session.request(context, sampling, rng, build)
+            reply = self.session.request(context, sampling, build)
         except NodeUnavailableError as e:
             TARGET_FAILURES.labels(self.url).inc()
             raise NodeUnavailableError(f"the target node is unavailable: {e}") from None
-        n = int(reply["n_accepted"])
-        emitted = draft[:n] + [int(reply["token"])]
+        n, token = reply.get("n_accepted"), reply.get("token")
+        if type(n) is not int or not 0 <= n <= len(draft) or type(token) is not int or not 0 <= token < self.n_vocab:
+            self.session.restart()  # what the node's session holds is unknown now: open afresh next time
+            raise p.NodeProtocolError(f"target node {self.url} answered verify with {reply!r:.200}")
+        emitted = draft[:n] + [token]
         self.session.mirror = list(context) + emitted
         return Verdict(n, emitted, p.decode_logprobs(reply.get("logprobs")))
 
@@ -161,8 +176,8 @@ class RemoteDrafter:
 
     timeout: the most a draft call may take (default 5 s; a slower draft is no use); connect_timeout 2 s.
 
-    Proposes what `ModelDrafter` would on the node's model: greedy argmax, or samples from the top-32 cut of
-    its sampling distribution, shipped back as that sparse distribution.
+    Proposes what `ModelDrafter` proposes on the node's model: the draft's own token at each position, its
+    argmax or its coupled draw with the request's seed (quickdraft.coupling): token ids alone either way.
     """
 
     def __init__(self, url: str, *, vocab_fingerprint: str | None = None, timeout: float | None = None,
@@ -186,31 +201,38 @@ class RemoteDrafter:
         return info
 
     def start(self, prompt: Sequence[int]) -> None:
-        pass  # the session opens at the first proposal, which brings the request's sampling and rng
+        self.session.restart()  # the session opens at the first proposal, which brings the request's sampling
 
-    def propose(self, context, k, sampling, rng) -> Proposal:
+    def propose(self, context, k, sampling) -> list[int]:
         if self.n_ctx is not None:
             k = min(k, self.n_ctx - len(context))
         if k <= 0:
-            return Proposal()
+            return []
 
         def build(session: int, base: int, extend: list[int]) -> dict:
             return {"op": "draft", "session": session, "base": base, "extend": extend, "n": k}
 
-        reply = self.session.request(context, sampling, rng, build)
-        tokens = [int(t) for t in reply["tokens"]]
+        reply = self.session.request(context, sampling, build)
+        try:
+            tokens = p.token_ids(reply.get("tokens"), self.client.info["n_vocab"], "the draft node's tokens", limit=k)
+        except p.NodeProtocolError as e:
+            self.session.restart()  # what the node's session holds is unknown now: open afresh next time
+            raise p.NodeProtocolError(f"draft node {self.url}: {e}") from None
         self.session.mirror = list(context) + tokens  # the node keeps its draft after the context
-        return Proposal(tokens, p.decode_dists(reply.get("q")))
+        return tokens
 
-    def append(self, context: list[int], sampling: SamplingParams, rng: np.random.Generator) -> int:
+    def append(self, context: list[int], sampling: SamplingParams) -> int:
         """Bring the node's session up to `context` (tokens decided elsewhere) and evaluate them now."""
 
         def build(session: int, base: int, extend: list[int]) -> dict:
             return {"op": "append", "session": session, "base": base, "extend": extend}
 
-        reply = self.session.request(context, sampling, rng, build)
+        reply = self.session.request(context, sampling, build)
         self.session.mirror = list(context)
         return int(reply["n_tokens"])
+
+    def discard(self) -> None:
+        """Nothing is pending on a plain remote drafter (PipelinedDrafter's counterpart drops its prefetch)."""
 
     def close(self) -> None:
         self.session.close()

@@ -73,9 +73,11 @@ class NodeServer:
 def run_node(model: str, role: str = "target", *, host: str = "127.0.0.1", port: int | None = None,
              threads: int | None = None, n_ctx: int = 4096, rpc: Sequence[str] = (), gpu_layers: int | None = None,
              session_ttl: float = DEFAULT_SESSION_TTL) -> int:
-    """Load the model, serve until SIGINT/SIGTERM. Prints one `listening on node://HOST:PORT` line when ready."""
-    from quickdraft import model_store
-    from quickdraft.llama_model import LlamaModel
+    """Load the model, serve until SIGINT/SIGTERM. Prints one `listening on node://HOST:PORT` line when ready.
+
+    The model is opened and (for a target) made a target exactly as the in-process engine does it
+    (quickdraft.loading): a target node measures its exact K on this machine, where its verification runs."""
+    from quickdraft.loading import open_model
 
     logging.basicConfig(level=logging.INFO, format="[quickdraft node] %(message)s", stream=sys.stderr)
     if role not in p.ROLES:
@@ -83,17 +85,12 @@ def run_node(model: str, role: str = "target", *, host: str = "127.0.0.1", port:
     rpc = tuple(rpc)
     if gpu_layers is None:
         gpu_layers = 999 if rpc else 0  # with RPC workers: every layer goes to them
-    path = model_store.resolve(model)
-    llama = LlamaModel(path, n_ctx=n_ctx, threads=threads, name=str(model), rpc_servers=rpc, n_gpu_layers=gpu_layers)
-    max_exact_k = None
-    if role == "target":  # measured here, where the verification runs: coordinators cap K to it
-        from quickdraft.engine import AUTO_MAX_K, exact_max_k
-
-        max_exact_k = exact_max_k(llama, AUTO_MAX_K)
-    service = NodeService(llama, role, session_ttl=session_ttl, rpc_servers=rpc, max_exact_k=max_exact_k)
-    log.info("%s node: %s (%d tokens of context, %d threads%s), vocabulary %s...", role, llama.name, llama.n_ctx,
+    llama = open_model(model, n_ctx=n_ctx, threads=threads, rpc_servers=rpc, gpu_layers=gpu_layers)
+    service = NodeService(llama, role, session_ttl=session_ttl)
+    log.info("%s node: %s (%d tokens of context, %d threads%s), vocabulary %s...%s", role, llama.name, llama.n_ctx,
              llama.threads, f", {gpu_layers} layers on RPC workers {', '.join(rpc)}" if rpc else "",
-             llama.vocab_fingerprint[:12])
+             llama.vocab_fingerprint[:12],
+             f", K up to {service.target.max_k} verified exactly" if service.target is not None else "")
     server = NodeServer(service, host, DEFAULT_PORTS[role] if port is None else port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: the node protocol has no authentication; keep it on a trusted network", host)

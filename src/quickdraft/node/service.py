@@ -1,10 +1,17 @@
 """What a node does with each request, apart from the network: sessions over one model.
 
-A target node verifies with `LocalTarget`, a draft node drafts with `ModelDrafter`: the same code the
-in-process engine runs, so a node's answers are the local path's answers. The node holds one model with one
-KV sequence; the sessions share it. The most recently used session's tokens are in the KV cache, and a
-switch to another session keeps the longest common prefix (`LlamaModel.evaluate`), so sessions are cheap
-and correct, and one coordinator at a time gets the full speed.
+A target node's target is `quickdraft.loading.local_target(model)`, the very object the in-process engine
+builds (K capped to what this machine verifies exactly, the prompt cache dropped at each request where the
+probe found batches rounding differently); a draft node drafts with `ModelDrafter`. A session runs the calls
+the speculative loop makes in process: `open` is `start(tokens)`, then `verify` / `draft` on the session's
+context. So a node's answers are the local path's answers.
+
+The node holds one model with one KV sequence; the sessions share it. The most recently used session's
+tokens are in the KV cache, and a switch to another session keeps the longest common prefix
+(`LlamaModel.evaluate`), so sessions are cheap and correct, and one coordinator at a time gets the full
+speed. (On a target that drops its prompt cache at each request, opening a session empties the KV cache, and
+another session's next verify evaluates its context afresh: bit-exact output there is for one coordinator
+at a time.)
 
 Sessions live until closed, replaced by their client's next `open`, or idle for `session_ttl` seconds.
 """
@@ -15,17 +22,14 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import version
-
-import numpy as np
 
 import quickdraft
-from quickdraft.drafters import ModelDrafter, Proposal
-from quickdraft.llama_model import LlamaModel
+from quickdraft.drafters import ModelDrafter
+from quickdraft.llama_model import LlamaModel, system_info
+from quickdraft.loading import local_target
 from quickdraft.node import protocol as p
 from quickdraft.node.vocab import vocab_gguf
 from quickdraft.sampling import SamplingParams
-from quickdraft.target import LocalTarget
 
 DEFAULT_SESSION_TTL = 300.0
 
@@ -34,29 +38,24 @@ DEFAULT_SESSION_TTL = 300.0
 class Session:
     id: int
     tokens: list[int]  # the session's context on this node (for a draft node: plus its latest draft)
-    sampling: SamplingParams
-    rng: np.random.Generator
+    sampling: SamplingParams  # the request's, with its seed
     last_used: float = field(default_factory=time.monotonic)
 
-    def rebase(self, base: int, extend: list[int]) -> list[int]:
-        """Keep the first `base` tokens, append `extend`: the client's delta."""
-        if not 0 <= base <= len(self.tokens):
-            raise p.NodeProtocolError(f"base {base} is outside the session's {len(self.tokens)} tokens")
-        self.tokens = self.tokens[:base] + [int(t) for t in extend]
+    def rebase(self, base: object, extend: list[int]) -> list[int]:
+        """Keep the first `base` tokens, append `extend` (checked token ids): the client's delta."""
+        if type(base) is not int or not 0 <= base <= len(self.tokens):
+            raise p.NodeProtocolError(f"base {base!r} is outside the session's {len(self.tokens)} tokens")
+        self.tokens = self.tokens[:base] + extend
         return self.tokens
 
 
 class NodeService:
-    def __init__(self, model: LlamaModel, role: str, *, session_ttl: float = DEFAULT_SESSION_TTL,
-                 rpc_servers: tuple[str, ...] = (), max_exact_k: int | None = None):
-        """max_exact_k: for a target, the largest K this machine verifies bit-exactly (quickdraft.engine.
-        exact_max_k), which coordinators cap K to; None: not measured."""
+    def __init__(self, model: LlamaModel, role: str, *, session_ttl: float = DEFAULT_SESSION_TTL):
+        """A target role measures (or recalls) the model's exact K here, through `local_target`."""
         if role not in p.ROLES:
             raise ValueError(f"role must be one of {p.ROLES}, got {role!r}")
         self.model, self.role, self.session_ttl = model, role, session_ttl
-        self.rpc_servers = rpc_servers
-        self.max_exact_k = max_exact_k
-        self.target = LocalTarget(model) if role == "target" else None
+        self.target = local_target(model) if role == "target" else None
         self.drafter = ModelDrafter(model) if role == "draft" else None
         self.sessions: dict[int, Session] = {}
         self.lock = threading.Lock()  # one model, one KV sequence: one request at a time
@@ -123,8 +122,6 @@ class NodeService:
         return self.info()
 
     def info(self) -> dict:
-        import llama_cpp
-
         return {
             "protocol": p.PROTOCOL_VERSION,
             "quickdraft": quickdraft.__version__,
@@ -134,18 +131,13 @@ class NodeService:
             "n_vocab": self.model.n_vocab,
             "vocab_fingerprint": self.model.vocab_fingerprint,
             "n_ctx": self.model.n_ctx,
-            "max_exact_k": self.max_exact_k,
+            "max_exact_k": self.target.max_k if self.target is not None else None,
             "bos": self.model.bos_token,
             "eos": self.model.eos_token,
             "sessions": len(self.sessions),
             "requests_served": self.requests,
             "session_ttl": self.session_ttl,
-            "llama_cpp": {
-                "llama_cpp_python": version("llama-cpp-python"),
-                "system_info": llama_cpp.llama_print_system_info().decode().strip(),
-                "rpc": bool(llama_cpp.llama_supports_rpc()),
-                "rpc_servers": list(self.rpc_servers),
-            },
+            "llama_cpp": {**system_info(), "rpc_servers": list(self.model.rpc_servers)},
         }
 
     def op_vocab(self, request: dict) -> dict:
@@ -157,9 +149,15 @@ class NodeService:
         """{} or, given `echo`, {echo}: round trips of a chosen size, for measuring the protocol alone."""
         return {"echo": request["echo"]} if "echo" in request else {}
 
+    def _tokens(self, values: object, what: str) -> list[int]:
+        return p.token_ids(values, self.model.n_vocab, what)
+
     def op_open(self, request: dict) -> dict:
-        tokens, sampling, rng = p.require(request, "tokens", "sampling", "rng")
-        tokens = [int(t) for t in tokens]
+        """A request begins: `start` the target or drafter on its tokens, as the in-process loop does. Nothing
+        is evaluated here; the session's first verify or draft prefills, exactly as the local path does."""
+        tokens, sampling = p.require(request, "tokens", "sampling")
+        tokens = self._tokens(tokens, "open tokens")
+        sampling = p.decode_sampling(sampling)
         if not tokens:
             raise p.NodeProtocolError("open needs at least one token")
         if len(tokens) >= self.model.n_ctx:
@@ -168,8 +166,11 @@ class NodeService:
         if replaced is not None:
             self._drop(replaced, free_kv=False)  # the new session inherits the KV cache (prefix reuse)
         sid = secrets.randbits(62)
-        self.model.evaluate(tokens, 1)  # prefill
-        self.sessions[sid] = Session(sid, tokens, p.decode_sampling(sampling), p.decode_rng(rng))
+        if self.target is not None:
+            self.target.start(tokens)  # empties the KV cache where the prompt cache is off (fresh_prefill)
+        else:
+            self.drafter.start(tokens)
+        self.sessions[sid] = Session(sid, tokens, sampling)
         self.resident = sid
         return {"session": sid}
 
@@ -183,15 +184,14 @@ class NodeService:
         t0 = time.perf_counter()
         s = self._session(request)
         base, extend, draft = p.require(request, "base", "extend", "draft")
-        context = s.rebase(base, extend)
-        draft = [int(t) for t in draft]
-        dists = p.decode_dists(request.get("q"))
-        if dists is not None and len(dists) != len(draft):
-            raise p.NodeProtocolError(f"{len(draft)} draft tokens but {len(dists)} distributions")
+        draft = self._tokens(draft, "draft")
+        context = s.rebase(base, self._tokens(extend, "extend"))
         if len(context) + len(draft) > self.model.n_ctx:
             raise p.NodeProtocolError("the draft runs past the node's context")
         top = request.get("logprobs")
-        verdict = self.target.verify(context, Proposal(draft, dists), s.sampling, s.rng, top)
+        if top is not None and (type(top) is not int or not 0 <= top <= self.model.n_vocab):
+            raise p.NodeProtocolError(f"logprobs must be a number of alternatives, got {top!r}")
+        verdict = self.target.verify(context, draft, s.sampling, top)
         s.tokens = context + verdict.tokens
         reply = {"n_accepted": verdict.n_accepted, "token": verdict.tokens[-1]}
         if verdict.logprobs is not None:
@@ -204,20 +204,18 @@ class NodeService:
         t0 = time.perf_counter()
         s = self._session(request)
         base, extend, n = p.require(request, "base", "extend", "n")
-        context = s.rebase(base, extend)
-        proposal = self.drafter.propose(context, int(n), s.sampling, s.rng)
-        s.tokens = context + proposal.tokens
-        reply = {"tokens": proposal.tokens}
-        if proposal.dists is not None:
-            reply["q"] = p.encode_dists(proposal.dists)
-        reply["compute_us"] = int((time.perf_counter() - t0) * 1e6)
-        return reply
+        if type(n) is not int or n < 0:
+            raise p.NodeProtocolError(f"n must be a non-negative integer, got {n!r}")
+        context = s.rebase(base, self._tokens(extend, "extend"))
+        tokens = self.drafter.propose(context, n, s.sampling)
+        s.tokens = context + tokens
+        return {"tokens": tokens, "compute_us": int((time.perf_counter() - t0) * 1e6)}
 
     def op_append(self, request: dict) -> dict:
         self._require_role("draft", "append")
         s = self._session(request)
         base, extend = p.require(request, "base", "extend")
-        context = s.rebase(base, extend)
+        context = s.rebase(base, self._tokens(extend, "extend"))
         if len(context) >= self.model.n_ctx:
             raise p.NodeProtocolError(f"{len(context)} tokens do not fit the node's context of {self.model.n_ctx}")
         self.model.evaluate(context, 1)  # evaluate now, so the next draft starts at once

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -18,36 +18,14 @@ from quickdraft.stats import GenerationStats
 
 @dataclass
 class Totals:
+    """Every generation since start: how many, how many were cancelled, and their statistics summed."""
+
     generations: int = 0
     cancelled: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    rounds: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    draft_seconds: float = 0.0
-    verify_seconds: float = 0.0
-    generation_seconds: float = 0.0  # time the engine spent generating, queue time left out
-    choices: dict[str, int] = field(default_factory=dict)  # rounds per drafter choice ("ngram:4", "none", ...)
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
-
-    @property
-    def mean_accepted_per_round(self) -> float:
-        return self.accepted / self.rounds if self.rounds else 0.0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.completion_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
+    stats: GenerationStats = field(default_factory=GenerationStats)  # total_seconds: time spent generating
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["acceptance_rate"] = self.acceptance_rate
-        d["mean_accepted_per_round"] = self.mean_accepted_per_round
-        d["tokens_per_second"] = self.tokens_per_second
-        return d
+        return {"generations": self.generations, "cancelled": self.cancelled, **self.stats.to_dict()}
 
 
 class ServerMetrics:
@@ -76,7 +54,7 @@ class ServerMetrics:
         self.verify_seconds = Counter("quickdraft_verify_seconds", "time spent in target passes", registry=r)
         Gauge(
             "quickdraft_acceptance_rate", "accepted / drafted draft tokens since start", registry=r
-        ).set_function(lambda: self.totals.acceptance_rate)
+        ).set_function(lambda: self.totals.stats.acceptance_rate)
         Gauge("quickdraft_queue_depth", "requests waiting for the engine", registry=r).set_function(queue_waiting)
         Gauge("quickdraft_requests_running", "requests the engine is generating for", registry=r).set_function(
             queue_running
@@ -90,19 +68,9 @@ class ServerMetrics:
     def record_generation(self, stats: GenerationStats, cancelled: bool) -> None:
         """Called from the engine's worker thread."""
         with self._lock:
-            t = self.totals
-            t.generations += 1
-            t.cancelled += int(cancelled)
-            t.prompt_tokens += stats.prompt_tokens
-            t.completion_tokens += stats.completion_tokens
-            t.rounds += stats.rounds
-            t.drafted += stats.drafted
-            t.accepted += stats.accepted
-            t.draft_seconds += stats.draft_seconds
-            t.verify_seconds += stats.verify_seconds
-            t.generation_seconds += stats.total_seconds
-            for choice, rounds in getattr(stats, "choices", {}).items():
-                t.choices[choice] = t.choices.get(choice, 0) + rounds
+            self.totals.generations += 1
+            self.totals.cancelled += int(cancelled)
+            self.totals.stats.add(stats)
         self.generations.inc()
         if cancelled:
             self.cancelled.inc()
