@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from quickdraft.config import AUTO_FALLBACK_DRAFT, Config, ConfigError, ServerConfig, env_overrides, load_config
+from quickdraft.config import Config, ConfigError, ServerConfig, env_overrides, load_config
 
 
 def test_defaults_are_the_bundled_demo():
@@ -88,15 +88,12 @@ def test_non_loopback_host_needs_a_key():
             ServerConfig(host=host).check_exposure()
 
 
-def test_served_name_and_auto_fallback():
+def test_served_name():
     assert Config().models.served_name() == "gemma-3-270m-q8_0"
     assert load_config(env={}, overrides={"models.target": "/models/foo-q4.gguf"}).models.served_name() == "foo-q4"
     assert load_config(env={}, overrides={"models.name": "mine"}).models.served_name() == "mine"
-    from quickdraft import engine
-
-    expected = "auto" if "auto" in getattr(engine, "DRAFT_CHOICES", ()) else AUTO_FALLBACK_DRAFT
-    assert Config().models.effective_draft() == expected
-    assert load_config(env={}, overrides={"models.draft": "none"}).models.effective_draft() == "none"
+    assert Config().models.draft == "auto" and Config().models.exact is True
+    assert load_config(env={}, overrides={"models.exact": False}).models.exact is False
 
 
 def test_public_dict_masks_the_key():

@@ -27,12 +27,16 @@ def _add_model_flags(p: argparse.ArgumentParser, *, target_default: str | None =
     p.add_argument("--draft-tokens", "-k", type=int, default=4, dest="k", help="K: tokens drafted per round")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per model (default: physical cores)")
     p.add_argument("--ctx", type=int, default=4096, help="context size in tokens")
+    p.add_argument("--inexact", action="store_true",
+                   help="llama.cpp's faster default settings and no K cap: output equal to the target's only up to "
+                   "rounding (README, Exactness)")
 
 
 def cmd_generate(args) -> int:
     from quickdraft.engine import Engine
 
-    engine = Engine.load(args.target, args.draft, k=args.k, n_ctx=args.ctx, threads=args.threads)
+    engine = Engine.load(args.target, args.draft, k=args.k, n_ctx=args.ctx, threads=args.threads,
+                         exact=not args.inexact)
     kwargs = dict(
         max_tokens=args.max_tokens,
         temperature=args.temperature,

@@ -35,9 +35,6 @@ if TYPE_CHECKING:
 # The bundled demo: what `quickdraft serve` (and `make serve`) runs with no arguments.
 DEFAULT_TARGET = "gemma-3-270m-q8_0"
 DEFAULT_DRAFT = "auto"
-# "auto" is the adaptive controller (quickdraft.controller). An engine that does not offer it yet
-# (quickdraft.engine.DRAFT_CHOICES lacks "auto") is loaded with this drafter instead.
-AUTO_FALLBACK_DRAFT = "ngram"
 
 ENV_PREFIX = "QUICKDRAFT_"
 ENV_CONFIG_FILE = "QUICKDRAFT_CONFIG"
@@ -67,6 +64,11 @@ class ModelsConfig(_Section):
         None, description="force a named chat template (gemma, chatml, llama3); null: the model's own"
     )
     name: str | None = Field(None, description="the model id clients see in /v1/models (null: from target)")
+    exact: bool = Field(
+        True,
+        description="greedy output token for token llama.cpp's own (flash attention off, K capped to what this "
+        "machine verifies bit-exactly); false: llama.cpp's faster defaults, equal only up to rounding",
+    )
 
     def served_name(self) -> str:
         if self.name:
@@ -74,22 +76,17 @@ class ModelsConfig(_Section):
         path = Path(self.target)
         return path.stem if path.suffix == ".gguf" else self.target
 
-    def effective_draft(self) -> str:
-        """The drafter actually loaded: `auto` falls back while the engine has no adaptive controller."""
-        if self.draft == "auto" and not engine_offers_auto():
-            return AUTO_FALLBACK_DRAFT
-        return self.draft
-
     def load_engine(self) -> "Engine":
         from quickdraft.engine import Engine
 
         return Engine.load(
             self.target,
-            self.effective_draft(),
+            self.draft,
             k=self.k,
             n_ctx=self.ctx,
             threads=self.threads,
             chat_template=self.chat_template,
+            exact=self.exact,
         )
 
 
@@ -148,12 +145,6 @@ class Config(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.public_dict(), sort_keys=False)
-
-
-def engine_offers_auto() -> bool:
-    from quickdraft import engine
-
-    return "auto" in getattr(engine, "DRAFT_CHOICES", ())
 
 
 def load_config(

@@ -27,7 +27,6 @@ from quickdraft.policy import AUTO_MAX_K, DEFAULT_K, FixedPolicy, Policy, cap_k,
 from quickdraft.sampling import SamplingParams
 from quickdraft.target import Target
 
-DRAFT_CHOICES = ("auto", "none", "ngram", "model")  # auto: the adaptive controller picks among the others
 log = logging.getLogger("quickdraft")
 
 

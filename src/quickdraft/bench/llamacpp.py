@@ -170,6 +170,8 @@ class LlamaCppBackend:
         record.prompt_tokens = report.prompt_tokens
         record.completion_tokens = report.tokens
         record.seconds = report.prompt_seconds + report.decode_seconds
+        # "decoded M tokens" counts the first, which came with the prompt's logits: M - 1 decoding steps
+        record.decode_tokens, record.decode_seconds = max(0, report.tokens - 1), report.decode_seconds
         record.drafted, record.accepted = report.drafted, report.accepted
         if config.draft == "none":
             record.drafted = record.accepted = 0

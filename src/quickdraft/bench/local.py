@@ -58,6 +58,8 @@ class LocalBackend:
         record.completion_tokens = s.completion_tokens
         record.seconds = s.total_seconds
         record.ttft_seconds = s.ttft_seconds
+        record.decode_tokens = max(0, s.completion_tokens - 1)
+        record.decode_seconds = s.total_seconds - s.ttft_seconds
         record.rounds, record.drafted, record.accepted = s.rounds, s.drafted, s.accepted
         record.choices = dict(s.choices)
         record.peak_rss_bytes = peak.bytes

@@ -32,6 +32,8 @@ class Run:
     completion_tokens: int = 0
     seconds: float = 0.0  # request start to its last token (the prompt's prefill included)
     ttft_seconds: float | None = None  # request start to the first token (None: not measured)
+    decode_tokens: int | None = None  # tokens after the first (None: not measured) ...
+    decode_seconds: float | None = None  # ... and the time they took: decoding alone, the prompt's prefill left out
     rounds: int | None = None  # target passes (None: not reported by this backend)
     drafted: int | None = None
     accepted: int | None = None

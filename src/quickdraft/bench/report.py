@@ -113,15 +113,18 @@ def overall_table(result: BenchResult) -> list[str]:
         f = result.summary[c.name][OVERALL]
         rows.append([
             c.name, fmt_rate(f.tokens_per_second), fmt_times(1.0 if c.is_baseline else f.speedup),
+            fmt_rate(f.decode_tokens_per_second), fmt_times(1.0 if c.is_baseline else f.decode_speedup),
             fmt_pct(f.acceptance_rate), fmt_ratio(f.tokens_per_round), fmt_seconds(f.ttft_seconds),
             fmt_bytes(f.peak_rss_bytes), agreement(result, c),
         ])
-    header = ["configuration", "tokens/s", "speedup", "acceptance", "tokens/round", "TTFT", "peak RSS",
-              "output = target alone"]
+    header = ["configuration", "tokens/s", "speedup", "decode tokens/s", "decode speedup", "acceptance",
+              "tokens/round", "TTFT", "peak RSS", "output = target alone"]
     return table(header, rows)
 
 
-def category_table(result: BenchResult) -> list[str]:
+def category_table(result: BenchResult, decode: bool = False) -> list[str]:
+    """Per category: the target alone's tokens/s, then each configuration's speedup (acceptance); end to end,
+    or decode-only."""
     shown = [c for c in result.configs if not c.is_baseline]
     baselines = {c.backend: c for c in result.configs if c.is_baseline}
     categories = [cat for cat in next(iter(result.summary.values()))]
@@ -133,9 +136,9 @@ def category_table(result: BenchResult) -> list[str]:
                 continue
             f = result.summary[c.name][cat]
             if c.is_baseline:
-                row.append(f"{fmt_rate(f.tokens_per_second)} tok/s")
+                row.append(f"{fmt_rate(f.decode_tokens_per_second if decode else f.tokens_per_second)} tok/s")
             else:
-                row.append(f"{fmt_times(f.speedup)} ({fmt_pct(f.acceptance_rate)})")
+                row.append(f"{fmt_times(f.decode_speedup if decode else f.speedup)} ({fmt_pct(f.acceptance_rate)})")
         rows.append(row)
     header = ["category"] + ([f"{baselines['local'].name}"] if "local" in baselines else []) + [c.name for c in shown]
     return table(header, rows)
@@ -152,9 +155,12 @@ def llamacpp_table(result: BenchResult) -> list[str]:
         twin = next(t for t in result.configs if t.backend == "llama.cpp" and t.draft == c.draft
                     and (t.k == c.k or c.draft == "none"))
         g = result.summary[twin.name][OVERALL]
-        rows.append([c.name, fmt_rate(f.tokens_per_second), twin.name, fmt_rate(g.tokens_per_second),
-                     fmt_times(f.vs_llamacpp)])
-    return table(["ours", "tokens/s", "llama.cpp", "tokens/s", "ours / llama.cpp"], rows) if rows else []
+        rows.append([c.name, fmt_rate(f.tokens_per_second), fmt_rate(f.decode_tokens_per_second), twin.name,
+                     fmt_rate(g.tokens_per_second), fmt_rate(g.decode_tokens_per_second), fmt_times(f.vs_llamacpp),
+                     fmt_times(f.decode_vs_llamacpp)])
+    header = ["ours", "tokens/s", "decode tokens/s", "llama.cpp", "tokens/s", "decode tokens/s",
+              "ours / llama.cpp", "decode: ours / llama.cpp"]
+    return table(header, rows) if rows else []
 
 
 def mismatch_section(result: BenchResult) -> list[str]:
@@ -193,9 +199,13 @@ def markdown(result: BenchResult) -> str:
         "",
         *overall_table(result),
         "",
-        "### Per category: speedup over the target alone (acceptance rate)",
+        "### Per category: speedup over the target alone (acceptance rate), end to end",
         "",
         *category_table(result),
+        "",
+        "### Per category: decode-only speedup (the prompt's prefill left out)",
+        "",
+        *category_table(result, decode=True),
         "",
     ]
     for chart in result.charts:

@@ -113,6 +113,9 @@ class ServerBackend:
         record.completion_tokens = int(got["usage"].get("completion_tokens", 0))
         record.prompt_tokens = int(got["usage"].get("prompt_tokens", 0))
         record.ttft_seconds = got["ttft"]
+        if got["ttft"] is not None:
+            record.decode_tokens = max(0, record.completion_tokens - 1)
+            record.decode_seconds = record.seconds - got["ttft"]
         record.text = got["text"]
         record.finish_reason = got["finish_reason"]
         return record

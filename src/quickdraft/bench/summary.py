@@ -3,7 +3,9 @@
 Rates are totals over totals (all tokens over all seconds), never means of per-prompt rates, so a long
 generation weighs as much as its time. A turn counts only where every configuration of the backend ran it
 without error, so each configuration is measured on exactly the prompts its baseline was.
-Speedup = tokens/s over the target alone's tokens/s on the same backend, prompts and category.
+Speedup = tokens/s over the target alone's tokens/s on the same backend, prompts and category. Each rate
+comes twice: end to end (the prompt's prefill included, what a user waits for) and decode-only (tokens after
+the first over the time after the first: what speculation changes).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class Figures:
     seconds: float = 0.0
     tokens_per_second: float = 0.0
     speedup: float | None = None  # None for the baseline itself, or without one
+    decode_tokens_per_second: float | None = None  # None: some run did not measure it
+    decode_speedup: float | None = None
     acceptance_rate: float | None = None  # accepted / drafted (None: nothing drafted or not reported)
     tokens_per_round: float | None = None  # tokens emitted per target pass, the target's own included
     accepted_per_round: float | None = None  # draft tokens accepted per target pass
@@ -31,6 +35,7 @@ class Figures:
     peak_rss_bytes: int = 0
     choices: dict[str, int] = field(default_factory=dict)
     vs_llamacpp: float | None = None  # our tokens/s over llama.cpp's, same drafter and K
+    decode_vs_llamacpp: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,6 +48,9 @@ def figures(runs: Sequence[Run]) -> Figures:
     f.tokens = sum(r.completion_tokens for r in runs)
     f.seconds = sum(r.seconds for r in runs)
     f.tokens_per_second = f.tokens / f.seconds if f.seconds > 0 else 0.0
+    if all(r.decode_seconds is not None for r in runs):
+        seconds = sum(r.decode_seconds for r in runs)
+        f.decode_tokens_per_second = sum(r.decode_tokens or 0 for r in runs) / seconds if seconds > 0 else None
     if all(r.drafted is not None for r in runs):
         drafted = sum(r.drafted for r in runs)
         accepted = sum(r.accepted or 0 for r in runs)
@@ -95,8 +103,13 @@ def add_speedups(out: dict[str, dict[str, Figures]], members: Sequence[Config]) 
             continue
         for cat, f in out[c.name].items():
             base = out[baseline.name][cat]
-            if f.runs and base.tokens_per_second > 0:
-                f.speedup = f.tokens_per_second / base.tokens_per_second
+            if f.runs:
+                f.speedup = ratio(f.tokens_per_second, base.tokens_per_second)
+                f.decode_speedup = ratio(f.decode_tokens_per_second, base.decode_tokens_per_second)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def add_vs_llamacpp(out: dict[str, dict[str, Figures]], configs: Sequence[Config]) -> None:
@@ -110,5 +123,6 @@ def add_vs_llamacpp(out: dict[str, dict[str, Figures]], configs: Sequence[Config
             continue
         for cat, f in out[c.name].items():
             other = out[twin.name].get(cat)
-            if other and other.tokens_per_second > 0 and f.runs:
-                f.vs_llamacpp = f.tokens_per_second / other.tokens_per_second
+            if other and f.runs:
+                f.vs_llamacpp = ratio(f.tokens_per_second, other.tokens_per_second)
+                f.decode_vs_llamacpp = ratio(f.decode_tokens_per_second, other.decode_tokens_per_second)

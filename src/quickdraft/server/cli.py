@@ -21,6 +21,7 @@ FLAG_KEYS = {
     "ctx": "models.ctx",
     "chat_template": "models.chat_template",
     "model_name": "models.name",
+    "exact": "models.exact",
     "host": "server.host",
     "port": "server.port",
     "api_key": "server.api_key",
@@ -58,6 +59,9 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--ctx", type=int, help="context size in tokens")
     m.add_argument("--chat-template", help="force a named chat template: gemma, chatml, llama3")
     m.add_argument("--model-name", help="the model id clients see (default: from --target)")
+    m.add_argument("--inexact", dest="exact", action="store_const", const=False,
+                   help="llama.cpp's faster default settings and no K cap: output equal to the target's only up "
+                   "to rounding (README, Exactness)")
     s = p.add_argument_group("server")
     s.add_argument("--host", help="address to listen on (default 127.0.0.1; others need an API key)")
     s.add_argument("--port", type=int, help="port (default 8088)")
@@ -101,10 +105,7 @@ def cmd_serve(args) -> int:
     log = logging.getLogger("quickdraft.server")
 
     models = config.models
-    draft = models.effective_draft()
-    if draft != models.draft:
-        log.warning("draft %r is not available in this build; using %r", models.draft, draft)
-    log.info("loading target %s, draft %s", models.target, draft)
+    log.info("loading target %s, draft %s", models.target, models.draft)
     engine = models.load_engine()
     app = create_app(engine, config)
     log.info(
