@@ -14,7 +14,7 @@ from quickdraft.bench.compare import find_mismatches, first_difference, first_di
 from quickdraft.bench.llamacpp import generated_text, parse_report
 from quickdraft.bench.prompts import BenchPrompt, PromptSetError
 from quickdraft.bench.records import Config, Run
-from quickdraft.bench.report import BenchResult, markdown
+from quickdraft.bench.report import BenchResult, agreement, markdown
 from quickdraft.bench.runner import run_bench
 from quickdraft.bench.server import ServerBackend
 from quickdraft.bench.session import BenchSettings, local_configs, run, write_outputs
@@ -118,7 +118,8 @@ def test_a_different_output_is_flagged_loudly(tmp_path):
 
     result = BenchResult("quickdraft bench (test)", "2025-01-01T00:00:00+00:00", {}, "a test machine",
                          {"prompt_set": "test", "prompts": 2, "turns": 3, "max_tokens": 5, "temperature": 0.0,
-                          "target": "t", "threads": 1}, configs, runs, summarize(runs, configs), mismatches, True)
+                          "target": "t", "threads": 1}, configs, runs, summarize(runs, configs), mismatches, True,
+                         checked_backends=["local"])
     write_outputs(result, tmp_path, "test")
     report = (tmp_path / "report.md").read_text()
     assert "MISMATCH: 3 outputs differ" in report
@@ -154,15 +155,25 @@ def test_repeats_keep_the_fastest_attempt():
     assert all(max(r.repeat_seconds) == pytest.approx(3.0) for r in runs)
 
 
-def test_sampled_runs_are_not_checked():
-    configs = [Config("target alone", "none"), Config("ngram k=4", "ngram", 4)]
-    runs = run_bench([BenchPrompt("p", "qa", ("q",))], configs,
-                     {"local": ScriptedBackend({"target alone": [1, 2], "ngram k=4": [3, 4]})}, max_tokens=2,
-                     warmup=False)
+def test_sampled_runs_are_checked_on_our_backend_only():
+    """Our sampled draws are a function of (seed, position), so a seeded configuration must reproduce the target
+    alone; llama.cpp's sampler is not ours, so its sampled outputs are not compared."""
+    configs = [Config("target alone", "none"), Config("ngram k=4", "ngram", 4),
+               Config("llama.cpp target alone", "none", backend="llama.cpp"),
+               Config("llama.cpp ngram k=4", "ngram", 4, backend="llama.cpp")]
+    outputs = {"target alone": [1, 2], "ngram k=4": [3, 4], "llama.cpp target alone": [1, 2],
+               "llama.cpp ngram k=4": [5, 6]}
+    backends = {"local": ScriptedBackend(outputs), "llama.cpp": ScriptedBackend(outputs)}
+    runs = run_bench([BenchPrompt("p", "qa", ("q",))], configs, backends, max_tokens=2, warmup=False)
+    checked = [c for c in configs if c.backend == "local"]
+    mismatches = find_mismatches(runs, checked)
+    assert [m.config for m in mismatches] == ["ngram k=4"]
     result = BenchResult("c", "2025-01-01T00:00:00", {}, "m", {"prompt_set": "t", "prompts": 1, "turns": 1,
                          "max_tokens": 2, "temperature": 0.7, "target": "t", "threads": 1}, configs, runs,
-                         summarize(runs, configs), [], greedy_checked=False)
-    assert "not applicable" in markdown(result)
+                         summarize(runs, configs), mismatches, greedy_checked=False, checked_backends=["local"])
+    report = markdown(result)
+    assert "MISMATCH: 1 outputs differ" in report and "| llama.cpp ngram k=4 |" in report
+    assert agreement(result, configs[3]) == "–" and agreement(result, configs[1]) == "❌ 0/1"
 
 
 # ---- the figures ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The target across a real link: its node in a network namespace of its own, joined to this one by a veth
 pair shaped to 2 ms and 1 Gbit (quickdraft.node.linkemu), the draft node on loopback beside the
-coordinator. Output must be the target-alone output, and throughput at least 80% of the same on loopback.
+coordinator. Output must be the target-alone output (throughput against loopback is `quickdraft node-bench`'s
+figure, not a test).
 
 Skipped, with the reason printed, only where network namespaces cannot be created.
 """
@@ -65,4 +66,6 @@ def test_across_the_link_output_is_exact(nodes):
     expected = [local.generate(p, max_tokens=MAX_TOKENS).tokens for p in prompts]
     for url in (far, near):
         engine = Engine.load(url, draft=draft, k=4)
-        assert [engine.generate(p, max_tokens=MAX_TOKENS).tokens for p in prompts] == expected
+        results = [engine.generate(p, max_tokens=MAX_TOKENS) for p in prompts]
+        assert [r.tokens for r in results] == expected
+        assert all(r.stats.drafted > 0 for r in results)

@@ -1,7 +1,10 @@
-"""Nodes that die, stall or restart, as real processes: killed with SIGKILL, frozen with SIGSTOP.
+"""Nodes that die, stall, restart or misbehave, as real processes (killed with SIGKILL, frozen with SIGSTOP)
+or real servers answering nonsense.
 
 - a draft node that dies or stalls mid-generation: the request completes on the target alone, with the
   target-alone output, and the failure is counted; drafting resumes once the node is back;
+- a draft node (or any drafter under the fallback) that answers malformed replies or raises anything: the
+  same, the request never fails for the draft's sake;
 - a target node that dies or stalls: the request fails with NodeUnavailableError within its timeout, and
   the next request after a restart works;
 - a target node restarted mid-generation: the coordinator re-creates the session from its token history.
@@ -18,10 +21,23 @@ from prometheus_client import REGISTRY
 from conftest import DRAFT, TARGET
 from quickdraft import Engine
 from quickdraft.errors import NodeUnavailableError
+from quickdraft.loading import standard_drafters
+from quickdraft.node import open_drafter
+from quickdraft.node.fallback import FallbackDrafter
 from quickdraft.node.launch import NodeProcess
+from quickdraft.node.server import NodeServer
+from quickdraft.node.service import NodeService
 
 MAX_TOKENS = 40
 PROMPT = "Write a short story about a lighthouse keeper."
+
+
+def drafting(engine: Engine) -> Engine:
+    """The engine, checked to draft at all. These tests need the draft in use, and K is capped to what this
+    machine verifies bit-exactly (quickdraft.exactness): a llama.cpp build whose batches round differently
+    from single tokens allows none."""
+    assert engine.target.max_k >= 1, "the exactness probe allows no draft token with this llama.cpp build"
+    return engine
 
 
 def counter(name: str, node: str, **labels) -> float:
@@ -76,7 +92,7 @@ def wait_until(condition, timeout: float) -> None:
 
 # ---- the draft node ---------------------------------------------------------------------------------------
 def test_draft_node_killed_mid_generation_then_back(target, draft, prompt, baseline):
-    engine = Engine.load(target.url, draft=draft.url, k=4)
+    engine = drafting(Engine.load(target.url, draft=draft.url, k=4))
     fallback = engine.drafters["model"]
     label = draft.url
     failures, fallbacks = counter("quickdraft_draft_failures_total", label), \
@@ -96,7 +112,7 @@ def test_draft_node_killed_mid_generation_then_back(target, draft, prompt, basel
 
 
 def test_draft_node_that_stalls_times_out_and_resumes(target, draft, prompt, baseline):
-    engine = Engine.load(target.url, draft=draft.url + "?timeout=1&connect_timeout=1", k=4)
+    engine = drafting(Engine.load(target.url, draft=draft.url + "?timeout=1&connect_timeout=1", k=4))
     fallback = engine.drafters["model"]
     t0 = time.monotonic()
     tokens, stats = stream_after(engine, prompt, 2, lambda: draft.signal(signal.SIGSTOP))
@@ -109,6 +125,94 @@ def test_draft_node_that_stalls_times_out_and_resumes(target, draft, prompt, bas
     assert result.tokens == baseline and not fallback.down and result.stats.accepted > 0
 
 
+class MisbehavingDraftNode(NodeService):
+    """A draft node that answers `draft` with what `reply` gives: a reply the protocol does not allow."""
+
+    def __init__(self, model, reply):
+        super().__init__(model, "draft")
+        self.reply = reply
+
+    def op_draft(self, request):
+        super().op_draft(request)
+        return self.reply(request)
+
+
+BAD_REPLIES = {
+    "no tokens": lambda r: {"compute_us": 1},
+    "tokens not a list": lambda r: {"tokens": 818},
+    "strings": lambda r: {"tokens": ["the", "cat"]},
+    "floats": lambda r: {"tokens": [818.0, 5279.5]},
+    "booleans": lambda r: {"tokens": [True, False]},
+    "None": lambda r: {"tokens": [None]},
+    "out of the vocabulary": lambda r: {"tokens": [262144 + 5]},
+    "negative": lambda r: {"tokens": [-1]},
+    "too many": lambda r: {"tokens": [818] * (r["n"] + 3)},
+}
+
+
+@pytest.mark.parametrize("bad", BAD_REPLIES)
+def test_a_draft_node_with_malformed_replies_leaves_the_target_alone(local, prompt, baseline, bad):
+    """Issue 8b: a malformed reply used to fail the request (KeyError, TypeError...) instead of falling back."""
+    server = NodeServer(MisbehavingDraftNode(local.tokenizer, BAD_REPLIES[bad])).start()
+    drafter = open_drafter(server.url, vocab_fingerprint=local.tokenizer.vocab_fingerprint)
+    try:
+        engine = drafting(Engine(local.target, local.tokenizer, {**standard_drafters(), "model": drafter},
+                                    draft="model", k=4))
+        failures = counter("quickdraft_draft_failures_total", server.url)
+        result = engine.generate(prompt, max_tokens=MAX_TOKENS)
+        assert result.tokens == baseline
+        fallback = engine.drafters["model"]
+        assert fallback.down and fallback.failures >= 1 and fallback.fallback_rounds > 0
+        assert counter("quickdraft_draft_failures_total", server.url) > failures
+        assert result.stats.drafted == 0  # nothing the node said was verified
+    finally:
+        drafter.close()
+        server.shutdown()
+
+
+class BrokenDrafter:
+    """A drafter with a bug: it raises what a buggy drafter raises, or returns what it should not."""
+
+    name = "broken"
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+        self.calls = 0
+
+    def start(self, prompt):
+        pass
+
+    def propose(self, context, k, sampling):
+        self.calls += 1
+        return self.outcome()
+
+    def discard(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _raise(error):
+    def outcome():
+        raise error
+    return outcome
+
+
+@pytest.mark.parametrize("outcome", [_raise(KeyError("tokens")), _raise(TypeError("int() argument")),
+                                     _raise(RuntimeError("bug")), lambda: None, lambda: [1.5], lambda: "818"],
+                         ids=["KeyError", "TypeError", "RuntimeError", "None", "float", "string"])
+def test_any_failure_of_the_inner_drafter_falls_back(local, prompt, baseline, outcome):
+    broken = BrokenDrafter(outcome)
+    fallback = FallbackDrafter(broken, "broken://test", retry_after=0.0, max_retry_after=0.0)
+    engine = drafting(Engine(local.target, local.tokenizer, {**standard_drafters(), "model": fallback},
+                                draft="model", k=4))
+    result = engine.generate(prompt, max_tokens=MAX_TOKENS)
+    assert result.tokens == baseline
+    assert broken.calls > 1 and fallback.failures == broken.calls  # tried every round (no backoff), counted
+    assert fallback.fallback_rounds == fallback.failures
+
+
 def test_an_unreachable_draft_node_is_refused_at_load(target, draft):
     url = draft.url
     draft.stop()
@@ -118,7 +222,7 @@ def test_an_unreachable_draft_node_is_refused_at_load(target, draft):
 
 # ---- the target node --------------------------------------------------------------------------------------
 def test_target_node_killed_fails_fast_and_a_restart_serves_again(target, draft, prompt, baseline):
-    engine = Engine.load(target.url, draft=draft.url, k=4)
+    engine = drafting(Engine.load(target.url, draft=draft.url, k=4))
     assert engine.generate(prompt, max_tokens=8).tokens == baseline[:8]
     failures = counter("quickdraft_target_failures_total", target.url)
     target.kill()
@@ -133,7 +237,7 @@ def test_target_node_killed_fails_fast_and_a_restart_serves_again(target, draft,
 
 
 def test_target_node_killed_mid_generation_fails_the_request(target, prompt):
-    engine = Engine.load(target.url, draft="ngram", k=4)
+    engine = drafting(Engine.load(target.url, draft="ngram", k=4))
     t0 = time.monotonic()
     with pytest.raises(NodeUnavailableError):
         stream_after(engine, prompt, 2, target.kill)
@@ -141,7 +245,7 @@ def test_target_node_killed_mid_generation_fails_the_request(target, prompt):
 
 
 def test_target_node_that_stalls_fails_within_its_timeout(target, prompt):
-    engine = Engine.load(target.url + "?timeout=2", draft="ngram", k=4)
+    engine = drafting(Engine.load(target.url + "?timeout=2", draft="ngram", k=4))
     engine.generate(prompt, max_tokens=4)
     target.signal(signal.SIGSTOP)
     try:
@@ -155,7 +259,7 @@ def test_target_node_that_stalls_fails_within_its_timeout(target, prompt):
 
 
 def test_target_restart_mid_generation_recreates_the_session(target, draft, prompt, baseline):
-    engine = Engine.load(target.url, draft=draft.url, k=4)
+    engine = drafting(Engine.load(target.url, draft=draft.url, k=4))
     recreated = counter("quickdraft_node_sessions_recreated_total", target.url, role="target")
     tokens, stats = stream_after(engine, prompt, 2, target.restart)
     assert tokens == baseline

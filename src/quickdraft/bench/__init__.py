@@ -6,7 +6,7 @@
     llamacpp.py  the same prompts through llama.cpp's own speculative programs (--against llama.cpp)
     server.py    the same prompts through an OpenAI-compatible endpoint (--server URL)
     runner.py    the interleaved loop (every configuration on a prompt before the next prompt)
-    compare.py   the greedy check: every output equals its target-alone output
+    compare.py   the output check: every output equals its target-alone output (greedy; sampled with one seed)
     summary.py   per category and overall figures
     report.py    results.json and report.md;   charts.py  the PNG charts;   cli.py  the subcommand
 """

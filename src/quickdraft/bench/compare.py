@@ -1,4 +1,5 @@
-"""The greedy check: under greedy decoding every output must equal the target-alone output of its backend.
+"""The output check: every output must equal the target-alone output of its backend (greedy; and for our
+own engine also sampled, since every configuration draws each position's token from the same seed).
 
 In this process the comparison is token for token (ours has the token ids). Through a server or llama.cpp
 only text is there, and llama.cpp's programs may run a few tokens past max_tokens, so text outputs are
@@ -83,8 +84,8 @@ def find_mismatches(runs: Sequence[Run], configs: Sequence[Config]) -> list[Mism
     reference = {(r.config, r.prompt_id, r.turn): r for r in runs if r.error is None}
     found = []
     for run in runs:
-        config = by_name[run.config]
-        if config.is_baseline or run.error is not None or config.backend not in baselines:
+        config = by_name.get(run.config)  # runs of configurations not being checked are skipped
+        if config is None or config.is_baseline or run.error is not None or config.backend not in baselines:
             continue
         base = reference.get((baselines[config.backend], run.prompt_id, run.turn))
         if base is None:

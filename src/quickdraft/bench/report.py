@@ -27,6 +27,7 @@ class BenchResult:
     summary: dict[str, dict[str, Figures]]
     mismatches: list[Mismatch]
     greedy_checked: bool
+    checked_backends: list[str] = field(default_factory=list)  # whose outputs must equal their target alone's
     notes: list[str] = field(default_factory=list)
     charts: list[str] = field(default_factory=list)
 
@@ -44,6 +45,7 @@ class BenchResult:
             "configs": [asdict(c) for c in self.configs],
             "summary": {c: {cat: f.to_dict() for cat, f in t.items()} for c, t in self.summary.items()},
             "greedy_checked": self.greedy_checked,
+            "checked_backends": self.checked_backends,
             "mismatches": [m.to_dict() for m in self.mismatches],
             "errors": [
                 {"config": r.config, "prompt_id": r.prompt_id, "turn": r.turn, "error": r.error} for r in self.errors
@@ -91,7 +93,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def agreement(result: BenchResult, config: Config) -> str:
     """How many of the configuration's outputs equal its target-alone output ("–" if not checked)."""
-    if config.is_baseline or not result.greedy_checked:
+    if config.is_baseline or config.backend not in result.checked_backends:
         return "–"
     mine = [r for r in result.runs if r.config == config.name and r.error is None]
     bad = sum(1 for m in result.mismatches if m.config == config.name)
@@ -164,15 +166,17 @@ def llamacpp_table(result: BenchResult) -> list[str]:
 
 
 def mismatch_section(result: BenchResult) -> list[str]:
-    if not result.greedy_checked:
-        return ["Greedy check: not applicable (sampling at temperature > 0: outputs legitimately differ)."]
+    if not result.checked_backends:
+        return ["Output check: not applicable (sampling through llama.cpp or a server: its draws are not ours)."]
+    how = "greedy" if result.greedy_checked else "sampled with one seed, whose draws are a function of (seed, position)"
     if not result.mismatches:
-        checked = sum(1 for r in result.runs if r.error is None)
-        return [f"Greedy check: every output equals its target-alone output ({checked} generations checked)."]
+        checked = sum(1 for r in result.runs if r.error is None and r.config in
+                      {c.name for c in result.configs if c.backend in result.checked_backends})
+        return [f"Output check ({how}): every output equals its target-alone output ({checked} generations checked)."]
     lines = [
         f"### ⚠️ MISMATCH: {len(result.mismatches)} outputs differ from the target alone",
         "",
-        "Under greedy decoding these outputs should equal the target-alone output and do not. See the README's "
+        "These outputs should equal the target-alone output (greedy, or sampled with the same seed) and do not. See the README's "
         "\"Exactness\" section: llama.cpp's CPU kernels can round a batch differently from one token, which "
         "K is capped against unless the bench ran with --inexact (the settings say which).",
         "",

@@ -208,6 +208,7 @@ def run(settings: BenchSettings, *, on_start: Callable[[int], None] | None = Non
     load_end = os.getloadavg()[0]
     summary = summarize(runs, configs)
     greedy = settings.temperature == 0
+    checked = list(dict.fromkeys(c.backend for c in configs if greedy or c.backend == "local"))
     from importlib.metadata import version
 
     import quickdraft
@@ -229,8 +230,10 @@ def run(settings: BenchSettings, *, on_start: Callable[[int], None] | None = Non
         configs=configs,
         runs=runs,
         summary=summary,
-        mismatches=find_mismatches(runs, configs) if greedy else [],
+        # greedy outputs must equal the target alone's on every backend; sampled ones on ours (same seed)
+        mismatches=find_mismatches(runs, [c for c in configs if c.backend in checked]),
         greedy_checked=greedy,
+        checked_backends=checked,
         notes=notes(settings, configs, (load_start, load_end)) + extra_notes,
     )
     write_outputs(result, settings.out, f"{settings.target or settings.server}, {set_name}")

@@ -54,8 +54,9 @@ class NodeProcess:
             cmd = ["ip", "netns", "exec", self.netns] + cmd
         return cmd
 
-    def start(self, timeout: float = 120.0) -> "NodeProcess":
-        """Start the node and wait (at most `timeout` s) for its `listening on` line."""
+    def start(self, timeout: float = 300.0) -> "NodeProcess":
+        """Start the node and wait (at most `timeout` s) for its `listening on` line. A target node measures
+        its exact K before it listens: the first time for a model and machine, that takes a while."""
         self.proc = subprocess.Popen(
             self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
@@ -79,7 +80,7 @@ class NodeProcess:
                 raise NodeStartError(f"{self.role} node for {self.model} did not start:\n{tail}")
         return self
 
-    def restart(self, timeout: float = 120.0) -> "NodeProcess":
+    def restart(self, timeout: float = 300.0) -> "NodeProcess":
         """Stop and start again on the same port."""
         self.stop()
         return self.start(timeout)
