@@ -57,7 +57,7 @@ class ModelsConfig(_Section):
         description="auto (adaptive), ngram (prompt lookup), none (target alone), a draft model path or name, "
         "or node://HOST:PORT",
     )
-    k: int = Field(4, ge=1, le=32, description="draft tokens per round")
+    k: int = Field(4, ge=1, le=16, description="draft tokens per round")
     threads: int | None = Field(None, ge=1, description="CPU threads per model (null: physical cores)")
     ctx: int = Field(4096, ge=32, description="context size in tokens")
     chat_template: str | None = Field(

@@ -27,7 +27,7 @@ from quickdraft.sampling import SamplingParams
 if TYPE_CHECKING:
     from quickdraft.generate import Round
 
-MAX_K = 32  # the most draft tokens a round may verify (a request may ask for fewer)
+MAX_K = 16  # the most draft tokens a round may verify (each K up to it is probed for exactness at load)
 DEFAULT_K = 4  # a fixed drafter's K when none is given
 AUTO_MAX_K = 16  # the largest K the adaptive controller considers
 

@@ -28,7 +28,7 @@ class QuickdraftOptions(_Body):
     engine's: none, ngram, model, ...) and the draft tokens per round for this request only."""
 
     draft: str | None = None
-    k: int | None = Field(None, ge=1, le=32)
+    k: int | None = Field(None, ge=1, le=16)
 
 
 class GenerationFields(_Body):
