@@ -59,7 +59,7 @@ def test_end_to_end_writes_results_report_and_charts(tiny_bench):
     report = (out / "report.md").read_text()
     for name in names:
         assert f"| {name} |" in report
-    assert "quickdraft bench (test)" in report and "Greedy check" in report
+    assert "quickdraft bench (test)" in report and "Output check (greedy)" in report
     for chart in ("speedup.png", "acceptance.png"):
         assert (out / chart).read_bytes()[:8] == PNG_MAGIC
         assert f"]({chart})" in report

@@ -14,7 +14,6 @@ workers and the backend devices. Anything else (another machine, an upgraded whe
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
@@ -24,7 +23,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from quickdraft.llama_model import LlamaModel, system_info
+from quickdraft.llama_model import LlamaModel, backend_devices, system_info
 from quickdraft.model_store import cache_dir
 
 log = logging.getLogger("quickdraft")
@@ -49,30 +48,6 @@ def _cpu() -> str:
         return f"{platform.machine()} {platform.processor()}"
 
 
-@lru_cache(maxsize=None)
-def _devices() -> tuple[str, ...]:
-    """The ggml backend devices this process can compute on (CPU, GPUs, RPC workers added so far)."""
-    import llama_cpp
-
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    try:
-        ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))
-        base = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
-    except OSError:
-        return ()
-    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
-    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
-    for f in (base.ggml_backend_dev_name, base.ggml_backend_dev_description):
-        f.argtypes = [ctypes.c_void_p]
-        f.restype = ctypes.c_char_p
-    out = []
-    for i in range(ggml.ggml_backend_dev_count()):
-        dev = ggml.ggml_backend_dev_get(i)
-        out.append(f"{base.ggml_backend_dev_name(dev).decode()}: {base.ggml_backend_dev_description(dev).decode()}")
-    return tuple(out)
-
-
 def probe_key(model: LlamaModel, limit: int) -> dict:
     """Everything that changes which kernels run (and so how they round) for this model here."""
     st = model.path.stat()
@@ -88,7 +63,7 @@ def probe_key(model: LlamaModel, limit: int) -> dict:
         "flash_attn": model.flash_attn,
         "gpu_layers": model.n_gpu_layers,
         "rpc": list(model.rpc_servers),
-        "devices": list(_devices()),
+        "devices": list(backend_devices()),
         "kv_lens": list(PROBE_KV_LENS),
         "limit": limit,
     }

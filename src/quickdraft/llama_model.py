@@ -89,6 +89,28 @@ def system_info() -> dict:
     }
 
 
+@lru_cache(maxsize=None)
+def backend_devices() -> tuple[str, ...]:
+    """The ggml backend devices this process can compute on (CPU, GPUs, RPC workers added so far)."""
+    lib_dir = Path(_llama().__file__).parent / "lib"
+    try:
+        ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))
+        base = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
+    except OSError:
+        return ()
+    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+    for f in (base.ggml_backend_dev_name, base.ggml_backend_dev_description):
+        f.argtypes = [ctypes.c_void_p]
+        f.restype = ctypes.c_char_p
+    out = []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        out.append(f"{base.ggml_backend_dev_name(dev).decode()}: {base.ggml_backend_dev_description(dev).decode()}")
+    return tuple(out)
+
+
 def quantize(src: Path, out: Path, ftype: int, threads: int | None = None) -> bool:
     """Write `src` re-quantized to llama.cpp file type `ftype` at `out` (llama_model_quantize; blocks)."""
     lib = _llama()
@@ -236,11 +258,12 @@ class LlamaModel:
         # draft tokens would then need cells that are gone. A full-size SWA cache keeps them.
         cparams.swa_full = True
         # Exactness: verifying k+1 tokens in one batch must give the logits that decoding them one at a time
-        # gives, and those must be llama.cpp's own. llama.cpp's CPU flash attention picks its kernel by
-        # batch shape (a KV-split kernel for one query once the cache passes 256 cells, a tiled kernel for
-        # many queries), and those round differently; without flash attention, with the full-precision
-        # (F16) KV cache llama.cpp uses by default, batches reproduce single tokens bit for bit.
-        # Measured: scripts/batch_exactness.py, README "Exactness".
+        # gives, and those must be llama.cpp's own (llama_cpp.Llama: flash attention off, F16 KV cache).
+        # llama.cpp's CPU flash attention picks its kernel by batch shape (a KV-split kernel for one query
+        # once the cache holds 512 cells, a tiled kernel for many queries), and those round differently;
+        # without it, on a build without llamafile's sgemm (used for batches of 2+ only), batches reproduce
+        # single tokens bit for bit except where weights are repacked (Q4_K: gemm for groups of 4 rows).
+        # Measured: scripts/batch_exactness.py, README "Exactness"; the rest is probed (quickdraft.exactness).
         self.exact = exact
         if flash_attn is None and exact:
             flash_attn = False
