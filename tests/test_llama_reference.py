@@ -9,14 +9,16 @@ longer than 512 tokens so that reading the prompt in chunks is exercised.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from conftest import load_prompts
 
-THREADS = 2
+THREADS = int(os.environ.get("QUICKDRAFT_TEST_THREADS", "2"))  # both sides use the same
 N_CTX = 4096
-MAX_TOKENS = 40
+MAX_TOKENS = 32
 SHORT_CATEGORIES = ["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem",
                     "humanities", "translation", "qa", "math_reasoning"]
 LONG_CATEGORIES = ["summarization", "rag"]

@@ -3,9 +3,10 @@ those of decoding the same tokens one at a time (`LlamaModel.max_exact_batch`), 
 
 Speculative decoding is lossless only if verifying k + 1 tokens in one batch gives the logits one-token
 decoding gives. llama.cpp's kernels choose code paths by batch shape (llamafile's sgemm for batches of 2+,
-repacked K-quant gemm for 4+, a padded KV view once a batch crosses a multiple of 256 cells, sliding-window
-masks past 512 tokens for Gemma 3), and some round differently. The probe checks every batch size up to
-k + 1 after prefixes of PROBE_KV_LENS tokens; the engine caps K to what it finds.
+repacked K-quant gemm for 4+, flash attention's KV-split kernel for one query at 512+ cells, a padded KV
+view once a batch crosses a multiple of 256 cells, Gemma 3's 512-token sliding window), and some round
+differently. The probe checks every batch size up to k + 1 after prefixes of PROBE_KV_LENS tokens; the
+engine caps K to what it finds.
 
 The result is kept in ~/.cache/quickdraft/exact-batch.json under a key over everything that picks kernels:
 the model file, the llama.cpp build, the CPU, threads, KV cache type, flash attention, GPU layers, RPC
@@ -69,25 +70,28 @@ def probe_key(model: LlamaModel, limit: int) -> dict:
     }
 
 
-def exact_max_k(model: LlamaModel, k: int) -> int:
-    """The largest K <= k whose verification batch (K + 1 tokens) reproduces one-by-one decoding bit for bit
-    on this machine after every prefix length of PROBE_KV_LENS (that fits the context), remembered on disk."""
-    key = probe_key(model, k + 1)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    cache = cache_dir() / "exact-batch.json"
+def _read(cache: Path) -> dict:
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
-        known = {}
-    known = {d: e for d, e in known.items() if isinstance(e, dict)}  # drops entries of older formats
-    entry = known.get(digest)
+        return {}
+    return {d: e for d, e in known.items() if isinstance(e, dict)}  # drops entries of older formats
+
+
+def exact_max_k(model: LlamaModel, k: int) -> int:
+    """The largest K <= k whose verification batch (K + 1 tokens) reproduces one-by-one decoding bit for bit
+    on this machine after each prefix length of PROBE_KV_LENS (those that fit the context), remembered on disk."""
+    key = probe_key(model, k + 1)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    cache = cache_dir() / "exact-batch.json"
+    entry = _read(cache).get(digest)
     if not isinstance(entry, dict) or "max_batch" not in entry:
         t0 = time.perf_counter()
-        kv_lens = [n for n in PROBE_KV_LENS if n + k + 1 <= model.n_ctx]
-        entry = {"max_batch": model.max_exact_batch(k + 1, kv_lens=kv_lens),
+        entry = {"max_batch": model.max_exact_batch(k + 1, kv_lens=PROBE_KV_LENS),
                  "probe_seconds": round(time.perf_counter() - t0, 2), "key": key}
         log.info("%s: exactness probe took %.1fs: batches up to %d are exact", model.name,
                  entry["probe_seconds"], entry["max_batch"])
+        known = _read(cache)  # again: another process may have added entries while this one probed
         known[digest] = entry
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")

@@ -436,6 +436,8 @@ class LlamaModel:
         Speculative verification is lossless only up to that batch size: some llama.cpp kernels (llamafile's
         sgemm, repacked K-quant gemm) round differently for larger batches. The prefixes are read as a prompt
         is (`evaluate`), each extending the one before; the cache is emptied afterwards."""
+        limit = max(1, min(limit, self.n_batch, self.n_ctx - 1))
+        kv_lens = [n for n in kv_lens if n >= 1 and n + limit <= self.n_ctx] or [1]
         tokens = self.tokenize(text or _PROBE_TEXT)
         while len(tokens) < max(kv_lens) + limit:
             tokens += tokens
