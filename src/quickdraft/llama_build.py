@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from quickdraft.errors import QuickdraftError
+from quickdraft.llama_model import system_info
 from quickdraft.model_store import cache_dir
 
 
@@ -35,8 +36,16 @@ def llama_cpp_python_version() -> str:
     return version("llama-cpp-python")
 
 
+def wheel_has_llamafile() -> bool:
+    """Whether the installed llama-cpp-python was built with llamafile's kernels (a stock build is; ours is
+    not). llama.cpp's programs are built the same way, so an rpc-server worker computes what this process
+    would (README, "Exactness")."""
+    return "LLAMAFILE = 1" in system_info()["system_info"]
+
+
 def tools_dir() -> Path:
-    return cache_dir() / f"llama.cpp-{llama_cpp_python_version()}"
+    suffix = "" if wheel_has_llamafile() else "-nollamafile"
+    return cache_dir() / f"llama.cpp-{llama_cpp_python_version()}{suffix}"
 
 
 def find_tool(name: str) -> Path | None:
@@ -107,7 +116,7 @@ def build_tools(targets: list[str], *, log=None, jobs: int | None = None) -> Non
             "cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_RPC=ON",
             "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=ON",
             "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON", "-DBUILD_SHARED_LIBS=OFF",
-        ]
+        ] + ([] if wheel_has_llamafile() else ["-DGGML_LLAMAFILE=OFF"])
         _run(cfg, log)
     log(f"building {', '.join(targets)} with {jobs} jobs (a few minutes on 2 cores; done once)")
     cmake_targets = [CMAKE_TARGETS.get(t, t) for t in targets]

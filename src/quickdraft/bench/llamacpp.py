@@ -1,6 +1,7 @@
 """The same prompts through llama.cpp's own speculative decoding, for `--against llama.cpp`.
 
-Programs (built once from the llama.cpp source that llama-cpp-python compiled, see quickdraft.llama_build):
+Programs (built once from the llama.cpp source that llama-cpp-python compiled, with the same llamafile setting
+as the installed wheel, see quickdraft.llama_build):
 - a draft model: `llama-speculative-simple --spec-type draft-simple -md DRAFT --spec-draft-n-max K`
   (p-min 0 and n-min 0, so it drafts exactly K tokens a round, as ours does);
 - n-gram: `llama-lookup --spec-draft-n-max K`, llama.cpp's prompt-lookup decoding (its n-gram cache over the
