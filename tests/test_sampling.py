@@ -72,7 +72,7 @@ def test_sparse_dist_knows_its_own_ids():
     np.testing.assert_array_equal(np.flatnonzero(d.to_dense(50)), [7, 42])
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-2), dict(min_p=2)])
+@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=-0.1), dict(top_p=1.5), dict(top_k=-2), dict(min_p=2)])
 def test_out_of_range_parameters_are_refused(bad):
     with pytest.raises(InvalidRequestError):
         SamplingParams.make(**bad)

@@ -375,7 +375,6 @@ BAD_REQUESTS = [
     (CHAT, {"messages": HELLO, "top_logprobs": 50, "logprobs": True}, 400, "invalid_value", "top_logprobs"),
     (CHAT, {"messages": HELLO, "presence_penalty": 0.5}, 400, None, "presence_penalty"),
     (CHAT, {"messages": HELLO, "quickdraft": {"draft": "telepathy"}}, 400, None, None),
-    (CHAT, {"messages": HELLO, "model": "gpt-4o"}, 404, "model_not_found", "model"),
     (CHAT, {"messages": [{"role": "user", "content": "hello " * 5000}]}, 400, "context_length_exceeded",
      "messages"),
     (COMPLETIONS, {"prompt": ""}, 400, None, "prompt"),
@@ -384,7 +383,6 @@ BAD_REQUESTS = [
     (COMPLETIONS, {"prompt": [1, 2, 10**9]}, 400, None, "prompt"),
     (COMPLETIONS, {"prompt": "hi", "logprobs": True}, 400, "invalid_type", "logprobs"),
     (COMPLETIONS, {"prompt": "hello " * 5000}, 400, "context_length_exceeded", "prompt"),
-    (COMPLETIONS, {"prompt": "hi", "model": "nope"}, 404, "model_not_found", "model"),
     (COMPLETIONS, b"x" * (2 * 1024 * 1024 + 1), 413, "request_too_large", None),
     ("/v1/embeddings", {"input": "hi"}, 404, "not_found", None),
 ]
@@ -409,9 +407,7 @@ def test_bad_input_gets_an_openai_error(http, path, body, status_code, code, par
 
 
 def test_bad_input_through_the_openai_client(client):
-    with pytest.raises(openai.NotFoundError) as e:
-        client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=2)
-    assert e.value.code == "model_not_found"
+    # another model name is answered by the served model unless server.strict_model_name (tests/test_compat.py)
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="hello " * 5000, max_tokens=2)
     assert e.value.code == "context_length_exceeded" and "context" in e.value.message

@@ -3,16 +3,23 @@
 The template is the GGUF's `tokenizer.chat_template` (a Jinja2 template, rendered in a sandbox). A model
 without one (Gemma 3 270M is a base model) gets a named fallback chosen from its architecture, or the one
 the user names; never ChatML for everything.
+
+Tools (OpenAI's `tools`, assistant `tool_calls`, `tool` messages) go to templates that know them as
+Hugging Face's do (`tools=[...]`, calls with their arguments as objects); a template that knows none gets
+them in the Hermes format instead (quickdraft.tool_calls.with_hermes_tools).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from quickdraft.errors import InvalidRequestError
+from quickdraft.tool_calls import with_hermes_tools
 
 # Named templates for models whose GGUF carries none. Each is the format the model family was trained on.
 NAMED_TEMPLATES: dict[str, str] = {
@@ -75,20 +82,36 @@ class ChatTemplate:
             )
         return cls(NAMED_TEMPLATES[name], name, bos, eos)
 
-    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the template renders `tools` itself (else they go in as Hermes text)."""
+        return "tools" in self.source
+
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+               tools: Sequence[Mapping] | None = None) -> str:
+        """tools: OpenAI's function tools ({"type": "function", "function": {...}}) offered to the model."""
         msgs = normalize_messages(messages)
+        extra = {}
+        if self.supports_tools:
+            if tools:
+                extra["tools"] = [dict(t) for t in tools]
+        else:
+            msgs = with_hermes_tools(msgs, tools)
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
 
         def raise_exception(message):
             raise InvalidRequestError(f"chat template: {message}")
 
         env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        env.filters["tojson"] = template_tojson
         template = env.from_string(self.source)
         text = template.render(
             messages=msgs,
             add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token,
             eos_token=self.eos_token,
+            **extra,
         )
         return text
 
@@ -117,5 +140,32 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
             content = "".join(parts)
         if not isinstance(content, str):
             raise InvalidRequestError(f"messages[{i}].content must be a string or a list of text parts")
-        out.append({"role": "system" if role == "developer" else role, "content": content})
+        message = {"role": "system" if role == "developer" else role, "content": content}
+        # templates test whether these keys exist, so they are only set when given
+        if m.get("tool_calls"):
+            message["tool_calls"] = [template_tool_call(c) for c in m["tool_calls"]]
+        for key in ("tool_call_id", "name"):
+            if m.get(key) is not None:
+                message[key] = m[key]
+        out.append(message)
     return out
+
+
+def template_tool_call(call: Mapping) -> dict:
+    """An OpenAI tool call as templates expect it: the arguments as an object, not JSON text."""
+    function = call.get("function") or {}
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            pass  # not JSON: the template gets the text
+    out = {"type": "function", "function": {"name": function.get("name"), "arguments": arguments}}
+    if call.get("id") is not None:
+        out["id"] = call["id"]
+    return out
+
+
+def template_tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, **_) -> str:
+    """`tojson` as Hugging Face renders templates: plain JSON (Jinja's own escapes <, >, & and ' for HTML)."""
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)

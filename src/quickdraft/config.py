@@ -4,9 +4,10 @@
 
 The YAML file (`--config FILE`, or the path in QUICKDRAFT_CONFIG) has the same shape as `Config`:
 
-    models:   {target: gemma-3-270m-q8_0, draft: auto, k: 4, ctx: 4096}
+    models:   {target: auto, draft: auto, k: 4, ctx: 4096}
     sampling: {temperature: 0.0, max_tokens: 512}
     server:   {host: 127.0.0.1, port: 8088, api_key: null, limits: {queue_size: 16}}
+    placement: {target: {gpu_layers: auto}, draft: {gpu_layers: all, main_gpu: 0, threads: 2}}
 
 Environment variables name a key by its path, sections joined by a double underscore:
 QUICKDRAFT_SERVER__PORT=9000, QUICKDRAFT_MODELS__DRAFT=ngram, QUICKDRAFT_SERVER__LIMITS__QUEUE_SIZE=4.
@@ -27,18 +28,20 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from quickdraft.cluster import ClusterConfig
 from quickdraft.errors import QuickdraftError
+from quickdraft.placement import Placement
 
 if TYPE_CHECKING:
     from quickdraft.engine import Engine
 
 # The bundled demo: what `quickdraft serve` (and `make serve`) runs with no arguments.
-DEFAULT_TARGET = "gemma-3-270m-q8_0"
+DEFAULT_TARGET = "auto"  # the planner's choice among the models on this machine (quickdraft plan)
 DEFAULT_DRAFT = "auto"
 
 ENV_PREFIX = "QUICKDRAFT_"
 ENV_CONFIG_FILE = "QUICKDRAFT_CONFIG"
-ENV_ALIASES = {"QUICKDRAFT_API_KEY": "server.api_key"}
+ENV_ALIASES = {"QUICKDRAFT_API_KEY": "server.api_key", "QUICKDRAFT_NODE_KEY": "nodes.key"}
 
 
 class ConfigError(QuickdraftError):
@@ -51,7 +54,8 @@ class _Section(BaseModel):
 
 
 class ModelsConfig(_Section):
-    target: str = Field(DEFAULT_TARGET, description="target model: a .gguf path, a model name, or node://HOST:PORT")
+    target: str = Field(DEFAULT_TARGET, description="target model: a .gguf path, a model name, node://HOST:PORT, or auto (the planner's choice "
+                        "among the models found on this machine: quickdraft plan)")
     draft: str = Field(
         DEFAULT_DRAFT,
         description="auto (adaptive), ngram (prompt lookup), none (target alone), a draft model path or name, "
@@ -70,23 +74,29 @@ class ModelsConfig(_Section):
         "machine verifies bit-exactly); false: llama.cpp's faster defaults, equal only up to rounding",
     )
 
-    def served_name(self) -> str:
+    def served_name(self, loaded: str | None = None) -> str:
+        """The model id clients see: `name`, else the target's (for target auto, the loaded model's name)."""
         if self.name:
             return self.name
+        if self.target == "auto" and loaded:
+            return loaded
         path = Path(self.target)
         return path.stem if path.suffix == ".gguf" else self.target
 
-    def load_engine(self) -> "Engine":
+    def load_engine(self, nodes: "NodesConfig | None" = None, placement: Placement | None = None) -> "Engine":
         from quickdraft.engine import Engine
 
+        nodes = nodes or NodesConfig()
         return Engine.load(
-            self.target,
-            self.draft,
+            nodes.keyed(self.target),
+            nodes.keyed(self.draft),
             k=self.k,
             n_ctx=self.ctx,
             threads=self.threads,
             chat_template=self.chat_template,
             exact=self.exact,
+            rpc_servers=nodes.rpc,
+            placement=placement,
         )
 
 
@@ -111,6 +121,9 @@ class ServerConfig(_Section):
     port: int = Field(8088, ge=0, le=65535)
     api_key: str | None = Field(None, description="bearer token clients must send; required off loopback")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    strict_model_name: bool = Field(
+        False, description="true: a request naming another model than the served one is a 404 (false: the one "
+        "model served answers any name, as llama-server does)")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     def is_loopback(self) -> bool:
@@ -131,8 +144,32 @@ class ServerConfig(_Section):
             )
 
 
+# ---- nodes and RPC workers (quickdraft.node, docs/nodes.md) ------------------------------------------------
+class NodesConfig(_Section):
+    """How `serve` reaches its nodes and llama.cpp RPC workers."""
+
+    key: str | None = Field(None, description="node key the nodes were started with (QUICKDRAFT_NODE_KEY); "
+                            "added to node:// addresses that name none")
+    rpc: list[str] = Field(default_factory=list, description="llama.cpp rpc-server workers (HOST:PORT) that hold "
+                           "a local target's layers (how many: placement.target.gpu_layers; auto: all)")
+    wait: float = Field(120.0, ge=0, description="seconds serve waits for its target node and RPC workers to "
+                        "come up (backoff; /health answers 503 meanwhile)")
+
+    def keyed(self, spec: str) -> str:
+        from quickdraft.node import is_node_url
+        from quickdraft.node.auth import with_key
+
+        return with_key(spec, self.key) if is_node_url(spec) else spec
+
+
 class Config(_Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    nodes: NodesConfig = Field(default_factory=NodesConfig)
+    cluster: ClusterConfig | None = Field(None, description="a topology of workers, nodes and models "
+                                          "(quickdraft.cluster, `quickdraft cluster`)")
+    # each model's GPU layers, GPU and threads: placement: {target: {gpu_layers: auto, main_gpu: null,
+    # threads: null}, draft: {...}} (quickdraft.placement; auto = the planner's choice with a GPU, else none)
+    placement: Placement = Field(default_factory=Placement)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
 
@@ -141,6 +178,8 @@ class Config(_Section):
         data = self.model_dump(mode="json")
         if data["server"]["api_key"]:
             data["server"]["api_key"] = "***"
+        if data["nodes"]["key"]:
+            data["nodes"]["key"] = "***"
         return data
 
     def to_yaml(self) -> str:
@@ -160,6 +199,7 @@ def load_config(
     path = path or env.get(ENV_CONFIG_FILE) or None
     if path:
         data = read_yaml(Path(path))
+    apply_cluster(data)
     for dotted, value in env_overrides(env).items():
         set_key(data, dotted, value, source=f"environment variable {env_name(dotted)}")
     for dotted, value in (overrides or {}).items():
@@ -171,6 +211,23 @@ def load_config(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors(include_url=False)
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def apply_cluster(data: dict) -> None:
+    """A `cluster:` section sets serve's target, draft and workers (quickdraft.cluster) where the file does
+    not set them itself; the environment and flags still win."""
+    if not isinstance(data.get("cluster"), dict):
+        return
+    try:
+        cluster = ClusterConfig.model_validate(data["cluster"])
+    except ValidationError as e:
+        problems = "; ".join(f"cluster.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                             for err in e.errors(include_url=False))
+        raise ConfigError(f"invalid configuration: {problems}") from None
+    for dotted, value in cluster.serving_overrides().items():
+        section, key = dotted.split(".")
+        if not isinstance(data.get(section), dict) or key not in data[section]:
+            set_key(data, dotted, value, source=f"cluster topology ({dotted})")
 
 
 def read_yaml(path: Path) -> dict:

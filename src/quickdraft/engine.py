@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Iterator, Mapping, Sequence
 
 from quickdraft.chat_template import ChatTemplate
+from quickdraft.constraint import Constraint, GrammarSpec
 from quickdraft.controller import AdaptiveController, MachineModel
 from quickdraft.drafters import Drafter
 from quickdraft.errors import ContextLengthError, InvalidRequestError
@@ -23,6 +24,8 @@ from quickdraft.hardware import pick_draft
 from quickdraft.llama_model import LlamaModel
 from quickdraft.loading import load_drafter, load_target, standard_drafters
 from quickdraft.node import is_node_url
+from quickdraft.placement import Placement, resolve as resolve_placement
+from quickdraft.planner import auto_models
 from quickdraft.policy import AUTO_MAX_K, DEFAULT_K, FixedPolicy, Policy, cap_k, check_k
 from quickdraft.sampling import SamplingParams
 from quickdraft.target import Target
@@ -66,22 +69,39 @@ class Engine:
         ngram_min: int = 2,
         chat_template: str | None = None,
         exact: bool = True,
+        rpc_servers: Sequence[str] = (),
+        gpu_layers: int | None = None,
+        placement: Placement | None = None,
     ) -> "Engine":
         """target: a model name or path. draft: "auto" (adaptive, over n-gram and the draft model
         quickdraft.hardware picks for the target, if any), "ngram", "none", or a draft model name or path.
         Either may be node://HOST:PORT, a `quickdraft node` (quickdraft.node): the same interfaces, remote.
         exact (default): greedy output is llama.cpp's own one-token-at-a-time output, token for token (flash
         attention off, K capped to what this machine verifies bit-exactly); False: llama.cpp's faster
-        defaults and no cap, equal to the target alone only up to rounding (README, "Exactness")."""
+        defaults and no cap, equal to the target alone only up to rounding (README, "Exactness").
+        rpc_servers: llama.cpp rpc-server workers (HOST:PORT) for a local target's layers; gpu_layers: how many
+        go there (default: all, with workers).
+        placement: each model's GPU layers, GPU and threads (quickdraft.placement; default auto: the planner's
+        GPU layers where llama.cpp has a GPU, none without one); threads is both models' unless theirs is set."""
         check_k(k)
-        target_backend, tokenizer = load_target(target, n_ctx=n_ctx, threads=threads, exact=exact)
-        drafters = standard_drafters(ngram_max, ngram_min)
         draft = draft or "none"
         model_spec = draft if draft not in ("auto", "none", "ngram") else None
-        if draft == "auto" and not is_node_url(target):
+        if target == "auto":  # no model named: the planner's choice among the models on this machine
+            target, planned_draft, reasons = auto_models(n_ctx)
+            log.info("target auto: %s", "; ".join(reasons))
+            if draft == "auto":
+                model_spec = planned_draft
+        elif draft == "auto" and not is_node_url(target):
             model_spec = pick_draft(str(target))
+        on_target, on_draft = resolve_placement(placement, target=target, draft=model_spec, n_ctx=n_ctx,
+                                                threads=threads, rpc=bool(rpc_servers))
+        target_backend, tokenizer = load_target(
+            target, n_ctx=n_ctx, threads=on_target.threads, exact=exact, rpc_servers=rpc_servers,
+            gpu_layers=on_target.gpu_layers if gpu_layers is None else gpu_layers, main_gpu=on_target.main_gpu)
+        drafters = standard_drafters(ngram_max, ngram_min)
         if model_spec:
-            drafters["model"] = load_drafter(model_spec, tokenizer, n_ctx=n_ctx, threads=threads, exact=exact)
+            drafters["model"] = load_drafter(model_spec, tokenizer, n_ctx=n_ctx, threads=on_draft.threads,
+                                             exact=exact, gpu_layers=on_draft.gpu_layers, main_gpu=on_draft.main_gpu)
             if draft != "auto":
                 draft = "model"
         return cls(target_backend, tokenizer, drafters, draft=draft, k=k, chat_template=chat_template)
@@ -91,9 +111,9 @@ class Engine:
     def chat_template(self) -> ChatTemplate:
         return ChatTemplate.for_model(self.tokenizer, self.chat_template_override)
 
-    def chat_prompt(self, messages: Sequence[Mapping]) -> list[int]:
-        """Chat messages rendered with the model's template, as prompt tokens."""
-        text = self.chat_template.render(messages, add_generation_prompt=True)
+    def chat_prompt(self, messages: Sequence[Mapping], tools: list[dict] | None = None) -> list[int]:
+        """Chat messages (and the tools offered, OpenAI's shape) rendered with the model's template, as tokens."""
+        text = self.chat_template.render(messages, add_generation_prompt=True, tools=tools)
         return self.tokenize(text, add_bos=not self.chat_template.starts_with_bos(text))
 
     def tokenize(self, prompt: str | Sequence[int], *, add_bos: bool = True) -> list[int]:
@@ -141,15 +161,29 @@ class Engine:
         top_logprobs: int | None = None,
         draft: str | None = None,
         k: int | None = None,
+        grammar: GrammarSpec | None = None,
         **sampling_kwargs,
     ) -> Iterator[GenerationResponse]:
         """Yield text pieces as tokens are accepted. Bad input raises here, before anything streams; the
-        engine is held from the first step of the stream to its end."""
+        engine is held from the first step of the stream to its end. grammar: what the output must match
+        (JSON, a JSON schema, a regex, a Lark or GBNF grammar; quickdraft.constraint)."""
         return self._run(*self._prepare(prompt, max_tokens, sampling, draft, k, sampling_kwargs),
-                         max_tokens=max_tokens, stop=stop, top_logprobs=top_logprobs)
+                         max_tokens=max_tokens, stop=stop, top_logprobs=top_logprobs,
+                         constraint=self.constraint(grammar))
 
     def generate(self, prompt: str | Sequence[int], **kwargs) -> GenerationResult:
         return collect(self.stream(prompt, **kwargs))
+
+    def constraint(self, grammar: GrammarSpec | None) -> Constraint | None:
+        """The grammar compiled for one request (GrammarError, an InvalidRequestError, if it does not)."""
+        if grammar is None:
+            return None
+        if not self.target.supports_grammar:
+            raise InvalidRequestError(
+                f"the target {self.target.name} runs on a node, which cannot apply a grammar (response_format, "
+                "grammar, json_schema, regex); serve a local target for structured outputs"
+            )
+        return Constraint.compile(grammar, self.tokenizer.grammar_tokenizer(), self.target.n_vocab)
 
     def _prepare(self, prompt, max_tokens, sampling, draft, k, sampling_kwargs):
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
@@ -173,4 +207,13 @@ class Engine:
             "max_exact_k": self.target.max_k,
             "auto": self.machine.costs.describe(),
             "n_ctx": self.target.n_ctx,
+            "placement": self.placement(),
         }
+
+    def placement(self) -> dict[str, str]:
+        """Where llama.cpp put each model run in this process: {"target": "31/31 layers on CPU (...)", ...}."""
+        from quickdraft.loading import describe_placement
+
+        parts = {"target": self.target, **{f"draft {name}": d for name, d in self.drafters.items()}}
+        return {role: describe_placement(part.model) for role, part in parts.items()
+                if isinstance(getattr(part, "model", None), LlamaModel)}

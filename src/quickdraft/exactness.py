@@ -9,8 +9,14 @@ differently. The probe checks every batch size up to k + 1 after prefixes of PRO
 engine caps K to what it finds.
 
 The result is kept in ~/.cache/quickdraft/exact-batch.json under a key over everything that picks kernels:
-the model file, the llama.cpp build, the CPU, threads, KV cache type, flash attention, GPU layers, RPC
-workers and the backend devices. Anything else (another machine, an upgraded wheel) probes again.
+the model file, the llama.cpp build, the CPU, threads, KV cache type, flash attention, the layers llama.cpp
+really offloaded (and to which devices), RPC workers and the backend devices. Anything else (another
+machine, an upgraded wheel, another placement) probes again.
+
+GPU kernels are usually not batch-invariant (a matrix multiply picks its tiling by batch size), so a model
+with layers on a GPU may verify no batch bit-exactly: K is then 0, speculation off, and the load says so in
+one line naming --inexact, the switch to llama.cpp-level exactness (equal up to rounding; the bench reports
+how often outputs still match).
 """
 
 from __future__ import annotations
@@ -62,7 +68,8 @@ def probe_key(model: LlamaModel, limit: int) -> dict:
         "n_batch": model.n_batch,
         "kv_type": model.kv_type,
         "flash_attn": model.flash_attn,
-        "gpu_layers": model.n_gpu_layers,
+        "gpu_layers": model.offloaded_layers,  # what llama.cpp did, not what was asked (a CPU build offloads 0)
+        **({"layer_devices": model.layer_devices} if model.offloaded_layers else {}),
         "rpc": list(model.rpc_servers),
         "devices": list(backend_devices()),
         "kv_lens": list(PROBE_KV_LENS),
@@ -99,8 +106,18 @@ def exact_max_k(model: LlamaModel, k: int) -> int:
         os.replace(tmp, cache)
     exact_k = entry["max_batch"] - 1
     if exact_k < k:
-        log.warning(
-            "%s: llama.cpp's kernels here verify at most %d tokens per batch bit-exactly; K is capped at %d so "
-            "the output stays the target's own (exact=False lifts the cap)", model.name, exact_k + 1, exact_k
-        )
+        log.warning(cap_message(model, exact_k))
     return exact_k
+
+
+def cap_message(model: LlamaModel, exact_k: int) -> str:
+    """The one line said at load when the probe caps K; at 0, speculation is off, and it names --inexact."""
+    where = ", ".join(f"{n} layers on {d}" for d, n in sorted(model.layer_devices.items())) or "CPU"
+    if exact_k == 0:
+        return (f"{model.name}: speculation is OFF: llama.cpp's kernels here ({where}) compute a batch of 2 tokens "
+                "differently, in the last bits, from one token at a time, so every token comes from the target "
+                "alone (strict exactness). --inexact (models.exact: false; Engine.load(exact=False)) turns "
+                "speculation back on with llama.cpp-level exactness: outputs equal the target's up to rounding, "
+                "and `quickdraft bench --inexact` reports how often they match.")
+    return (f"{model.name}: llama.cpp's kernels here ({where}) verify at most {exact_k + 1} tokens per batch "
+            f"bit-exactly; K is capped at {exact_k} so the output stays the target's own (--inexact lifts the cap)")

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
+from quickdraft.constraint import Constraint
 from quickdraft.policy import Policy, round_k
 from quickdraft.sampling import SamplingParams
 from quickdraft.stats import GenerationStats
@@ -45,11 +46,14 @@ def speculative_rounds(
     *,
     max_new_tokens: int,
     top_logprobs: int | None = None,
+    constraint: Constraint | None = None,
 ) -> Iterator[Round]:
     """Draft, verify in one target pass, keep the agreed prefix plus the target's token; repeat.
 
     The first round only reads the prompt and takes the target's first token (k = 0), as the target alone
-    does. Sampled requests need sampling.seed set: each position's token is a function of it (coupling.py)."""
+    does. Sampled requests need sampling.seed set: each position's token is a function of it (coupling.py).
+    With a constraint (a grammar), drafts are cut where the grammar rejects them and the target chooses each
+    token among those the grammar allows (constraint.py)."""
     context = list(prompt)
     target.start(context)
     policy.start(context, sampling)
@@ -60,8 +64,14 @@ def speculative_rounds(
                     n_ctx=target.n_ctx)
         t0 = time.perf_counter()
         draft = drafter.propose(context, k, sampling)[:k] if k else []
+        if constraint is not None:  # a token the grammar rejects is one the target will not emit
+            draft = draft[: constraint.valid_prefix(draft)]
         t1 = time.perf_counter()
-        verdict = target.verify(context, draft, sampling, top_logprobs)
+        if constraint is None:
+            verdict = target.verify(context, draft, sampling, top_logprobs)
+        else:  # the target chooses each token among those the grammar allows there
+            verdict = target.verify(context, draft, sampling, top_logprobs, allowed=constraint.masks(draft))
+            constraint.advance(verdict.tokens)
         t2 = time.perf_counter()
         context.extend(verdict.tokens)
         outcome = Round(verdict.tokens, verdict.logprobs, drafter.name if k else "none", k, len(draft),
@@ -110,13 +120,15 @@ def stream_generate(
     max_tokens: int,
     stop: Sequence[str] = (),
     top_logprobs: int | None = None,
+    constraint: Constraint | None = None,
 ) -> Iterator[GenerationResponse]:
     start = time.perf_counter()
     stats = GenerationStats(prompt_tokens=len(prompt))
     text = TextStream(stop)
     finish = None
     rounds = speculative_rounds(
-        target, policy, prompt, sampling, max_new_tokens=max_tokens, top_logprobs=top_logprobs
+        target, policy, prompt, sampling, max_new_tokens=max_tokens, top_logprobs=top_logprobs,
+        constraint=constraint,
     )
     for rnd in rounds:
         stats.rounds += 1

@@ -31,6 +31,8 @@ MEMORY_HEADROOM = 1.5  # the models' files times this must fit in available memo
 class Gpu:
     name: str
     memory_bytes: int
+    free_bytes: int | None = None  # at detection time; None when unknown (assumed GPUs: all of it)
+    bandwidth_bytes_per_s: float | None = None  # from NVML's bus width and memory clock; None when unknown
 
 
 @dataclass
@@ -81,10 +83,22 @@ def nvidia_gpus() -> list[Gpu]:
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             name = pynvml.nvmlDeviceGetName(handle)
             name = name.decode() if isinstance(name, bytes) else str(name)
-            gpus.append(Gpu(name, int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)))
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append(Gpu(name, int(memory.total), int(memory.free), nvidia_bandwidth(pynvml, handle)))
         return gpus
     finally:
         pynvml.nvmlShutdown()
+
+
+def nvidia_bandwidth(pynvml, handle) -> float | None:
+    """Peak memory bandwidth, bus width (bits) / 8 x max memory clock x 2 (double data rate): a datasheet-style
+    figure the planner scales down (planner.GPU_BANDWIDTH_EFFICIENCY)."""
+    try:
+        bus_bits = pynvml.nvmlDeviceGetMemoryBusWidth(handle)
+        clock_mhz = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM)
+    except Exception:  # older drivers or GPUs without these queries
+        return None
+    return bus_bits / 8 * clock_mhz * 1e6 * 2 if bus_bits and clock_mhz else None
 
 
 def detect() -> Hardware:

@@ -49,7 +49,11 @@ def tools_dir() -> Path:
 
 
 def find_tool(name: str) -> Path | None:
-    """A built or installed program, without building anything."""
+    """A built or installed program, without building anything. QUICKDRAFT_LLAMA_BIN names a folder of
+    llama.cpp programs to use first (e.g. a stock build, to compare against llama.cpp at its defaults)."""
+    override = os.environ.get("QUICKDRAFT_LLAMA_BIN")
+    if override and os.access(Path(override) / name, os.X_OK):
+        return Path(override) / name
     cached = tools_dir() / "bin" / name
     if cached.is_file() and os.access(cached, os.X_OK):
         return cached

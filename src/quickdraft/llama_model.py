@@ -8,8 +8,9 @@ only the rest, so rolling back rejected draft tokens is removing the tail of the
 caller needs: no `n_ctx x n_vocab` buffer (Gemma's vocabulary is 262,144 tokens).
 
 This is the only module that calls llama.cpp, and it imports nothing of quickdraft's but its errors: the
-model and its KV cache, re-quantizing a file (`quantize`), rpc-server workers as devices (`rpc_devices`), and
-the build's description (`system_info`).
+model and its KV cache, re-quantizing a file (`quantize`), rpc-server workers as devices (`rpc_devices`), the
+vocabulary as llguidance's tokenizer for grammars (`grammar_tokenizer`), and the build's description
+(`system_info`).
 """
 
 from __future__ import annotations
@@ -17,20 +18,25 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import socket
 import threading
 import time
+import warnings
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from quickdraft.errors import ContextLengthError, ModelLoadError
 
 _backend_lock = threading.Lock()
+_grammar_tokenizer_lock = threading.Lock()
 _backend_ready = False
 _log_callback = None  # keep a reference: llama.cpp calls it from C
+_load_lock = threading.Lock()  # one model load at a time, so the log lines read back are that load's
+_load_log: list[tuple[int, str]] | None = None  # while a model loads: llama.cpp's log lines (placement read back from them)
 
 
 def _llama():
@@ -44,6 +50,8 @@ def _llama():
 
             @llama_cpp.llama_log_callback
             def _log(level, text, user_data):  # pragma: no cover - C callback
+                if _load_log is not None:
+                    _load_log.append((int(level), text.decode("utf-8", "replace")))
                 if verbose:
                     print(text.decode("utf-8", "replace"), end="", flush=True)
 
@@ -89,9 +97,12 @@ def system_info() -> dict:
     }
 
 
+_GPU_DEVICE_TYPES = (1, 2)  # ggml_backend_dev_type: CPU 0, GPU 1, IGPU 2, ACCEL 3
+
+
 @lru_cache(maxsize=None)
-def backend_devices() -> tuple[str, ...]:
-    """The ggml backend devices this process can compute on (CPU, GPUs, RPC workers added so far)."""
+def _ggml_devices() -> tuple[tuple[str, str, int], ...]:
+    """(name, description, ggml_backend_dev_type) of every ggml backend device, as first seen."""
     lib_dir = Path(_llama().__file__).parent / "lib"
     try:
         ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))
@@ -104,11 +115,26 @@ def backend_devices() -> tuple[str, ...]:
     for f in (base.ggml_backend_dev_name, base.ggml_backend_dev_description):
         f.argtypes = [ctypes.c_void_p]
         f.restype = ctypes.c_char_p
+    base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_dev_type.restype = ctypes.c_int
     out = []
     for i in range(ggml.ggml_backend_dev_count()):
         dev = ggml.ggml_backend_dev_get(i)
-        out.append(f"{base.ggml_backend_dev_name(dev).decode()}: {base.ggml_backend_dev_description(dev).decode()}")
+        out.append((base.ggml_backend_dev_name(dev).decode(), base.ggml_backend_dev_description(dev).decode(),
+                    int(base.ggml_backend_dev_type(dev))))
     return tuple(out)
+
+
+def backend_devices() -> tuple[str, ...]:
+    """The ggml backend devices this process can compute on (CPU, GPUs, RPC workers added so far)."""
+    return tuple(f"{name}: {description}" for name, description, _ in _ggml_devices())
+
+
+def gpu_devices() -> tuple[str, ...]:
+    """The GPUs this llama.cpp build computes on (CUDA, Metal, ROCm, Vulkan...; RPC workers not counted):
+    empty on a CPU-only build, whatever GPUs the machine has."""
+    return tuple(f"{name}: {description}" for name, description, kind in _ggml_devices()
+                 if kind in _GPU_DEVICE_TYPES and not name.startswith("RPC"))
 
 
 def quantize(src: Path, out: Path, ftype: int, threads: int | None = None) -> bool:
@@ -185,6 +211,39 @@ _PROBE_TEXT = (
 
 KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "bf16": 30}  # KV cache types by name -> ggml_type
 
+_LOG_ERROR = 4  # GGML_LOG_LEVEL_ERROR
+_LAYER_LINE = re.compile(r"layer\s+(\d+) assigned to device ([^,\s]+)")  # load_tensors, at debug level
+_BUFFER_LINE = re.compile(r"(\S+) model buffer size =\s*([0-9.]+) MiB")
+
+
+def _load_model(lib, path: Path, mparams) -> tuple[int | None, list[tuple[int, str]]]:
+    """llama_model_load_from_file, and the (level, text) lines llama.cpp logged while loading."""
+    global _load_log
+    lines: list[tuple[int, str]] = []
+    with _load_lock:
+        _load_log = lines
+        try:
+            model = lib.llama_model_load_from_file(str(path).encode(), mparams)
+        finally:
+            _load_log = None
+    return model, lines
+
+
+def read_placement(lines: Iterable[str]) -> tuple[dict[str, int], dict[str, float]]:
+    """From llama.cpp's load log: layers per device ({"CPU": 31} or {"CPU": 10, "CUDA0": 21}; the output layer
+    counts as one) and the weights' buffers in MiB ({"CPU_Mapped": 138.1, "CUDA0": 1203.5})."""
+    devices: dict[int, str] = {}
+    buffers: dict[str, float] = {}
+    for text in lines:
+        if m := _LAYER_LINE.search(text):
+            devices[int(m.group(1))] = m.group(2)
+        elif m := _BUFFER_LINE.search(text):
+            buffers[m.group(1)] = buffers.get(m.group(1), 0.0) + float(m.group(2))
+    counts: dict[str, int] = {}
+    for device in devices.values():
+        counts[device] = counts.get(device, 0) + 1
+    return counts, buffers
+
 
 class LlamaModel:
     """A GGUF model with one context and one KV sequence."""
@@ -197,6 +256,7 @@ class LlamaModel:
         n_batch: int = 512,
         threads: int | None = None,
         n_gpu_layers: int = 0,
+        main_gpu: int | None = None,
         name: str | None = None,
         vocab_only: bool = False,
         rpc_servers: Sequence[str] = (),
@@ -205,6 +265,11 @@ class LlamaModel:
         kv_type: str = "f16",
     ):
         """vocab_only: load the tokenizer alone (no weights, no context; `evaluate` is unavailable).
+        n_gpu_layers: the last n layers (the output layer counts as one) go to the GPUs (or RPC workers), as
+        llama.cpp's -ngl; negative: every layer; 0: none. main_gpu: those layers on this device alone
+        (llama.cpp's --split-mode none --main-gpu); None: spread over every device. A build without a GPU
+        backend keeps every layer on the CPU whatever is asked: `offloaded_layers`, `layer_devices` and
+        `buffers_mib` say what llama.cpp did.
         rpc_servers: llama.cpp rpc-server workers (HOST:PORT) whose devices take the first n_gpu_layers.
         exact: flash attention off and an F16 KV cache, so a batch of tokens gives the logits decoding them
         one at a time gives (see "Exactness" below); False: llama.cpp's defaults (flash attention where it
@@ -225,14 +290,22 @@ class LlamaModel:
 
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        if main_gpu is not None:
+            mparams.split_mode = 0  # LLAMA_SPLIT_MODE_NONE: every offloaded layer on devices[main_gpu]
+            mparams.main_gpu = main_gpu
+        self.n_gpu_layers, self.main_gpu = n_gpu_layers, main_gpu  # what was asked
         mparams.vocab_only = vocab_only
         self.rpc_servers = tuple(rpc_servers)
         if self.rpc_servers:
             self._devices = rpc_devices(self.rpc_servers)  # NULL-terminated; must outlive the model
             mparams.devices = ctypes.cast(self._devices, ctypes.c_void_p)
-        self._model = lib.llama_model_load_from_file(str(path).encode(), mparams)
+        self._model, load_log = _load_model(lib, path, mparams)
         if not self._model:
-            raise ModelLoadError(f"llama.cpp could not load {path} (corrupt or unsupported GGUF)")
+            errors = "; ".join(text.strip() for level, text in load_log if level == _LOG_ERROR)
+            raise ModelLoadError(f"llama.cpp could not load {path}: {errors or 'corrupt or unsupported GGUF'}")
+        # what llama.cpp did: the device of every layer (the output layer last) and the weights' buffers
+        self.n_layer = int(lib.llama_model_n_layer(self._model))
+        self.layer_devices, self.buffers_mib = read_placement(text for _, text in load_log)
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
         self.n_ctx_train = int(lib.llama_model_n_ctx_train(self._model))
@@ -274,7 +347,6 @@ class LlamaModel:
             raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {kv_type!r}")
         self.kv_type = kv_type
         cparams.type_k = cparams.type_v = KV_TYPES[kv_type]  # f16: llama.cpp's default
-        self.n_gpu_layers = n_gpu_layers
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             lib.llama_model_free(self._model)
@@ -300,7 +372,13 @@ class LlamaModel:
         self.evaluated_tokens = 0
         self.decode_seconds = 0.0  # time spent inside llama_decode: the model's share of a request
 
-    # ---- metadata -------------------------------------------------------------------------------------
+    # ---- placement and metadata -----------------------------------------------------------------------
+    @property
+    def offloaded_layers(self) -> int:
+        """Layers llama.cpp put on a device other than the CPU (a GPU or an RPC worker), the output layer
+        included: n_layer + 1 when everything is offloaded, 0 on a CPU-only build whatever was asked."""
+        return sum(n for device, n in self.layer_devices.items() if device != "CPU")
+
     def metadata(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(1 << 16)
         n = self._lib.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
@@ -346,6 +424,18 @@ class LlamaModel:
 
     def is_eog(self, token: int) -> bool:
         return token in self._eog
+
+    def grammar_tokenizer(self):
+        """The vocabulary as llguidance's tokenizer, for grammar masks (quickdraft.constraint); its end tokens
+        are the end-of-generation tokens. Built on first use (about 2 s for Gemma's 262,144 tokens) and kept."""
+        with _grammar_tokenizer_lock:
+            if getattr(self, "_grammar_tokenizer", None) is None:
+                from llguidance.llamacpp import lltokenizer_from_vocab
+
+                with warnings.catch_warnings():  # it calls a deprecated alias once per token
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self._grammar_tokenizer = lltokenizer_from_vocab(self._vocab, eos_token=sorted(self._eog))
+            return self._grammar_tokenizer
 
     # ---- text <-> tokens ------------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
@@ -486,6 +576,7 @@ class LlamaModel:
         if getattr(self, "_ctx", None):
             lib.llama_free(self._ctx)
             self._ctx = None
+        self._grammar_tokenizer = None  # it points into the vocabulary freed below
         if getattr(self, "_model", None):
             lib.llama_model_free(self._model)
             self._model = None

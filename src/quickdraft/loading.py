@@ -7,6 +7,7 @@ is always loaded with the same settings and capped to the same exact K.
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from quickdraft import model_store
@@ -18,11 +19,38 @@ from quickdraft.node import is_node_url, open_drafter, open_target
 from quickdraft.policy import MAX_K
 from quickdraft.target import LocalTarget, Target
 
+log = logging.getLogger("quickdraft")
+
 
 def open_model(spec: str, *, n_ctx: int = 4096, threads: int | None = None, exact: bool = True,
-               rpc_servers: Sequence[str] = (), gpu_layers: int = 0) -> LlamaModel:
-    return LlamaModel(model_store.resolve(spec), n_ctx=n_ctx, threads=threads, name=str(spec), exact=exact,
-                      rpc_servers=rpc_servers, n_gpu_layers=gpu_layers)
+               rpc_servers: Sequence[str] = (), gpu_layers: int = 0, main_gpu: int | None = None) -> LlamaModel:
+    """gpu_layers, main_gpu: llama.cpp's -ngl (negative: all) and --main-gpu (quickdraft.placement)."""
+    if rpc_servers:
+        from quickdraft.node.rpc import check_workers
+
+        check_workers(rpc_servers)  # another llama.cpp version's worker would abort this process in llama.cpp
+    model = LlamaModel(model_store.resolve(spec), n_ctx=n_ctx, threads=threads, name=str(spec), exact=exact,
+                       rpc_servers=rpc_servers, n_gpu_layers=gpu_layers, main_gpu=main_gpu)
+    report_placement(model)
+    return model
+
+
+def describe_placement(model: LlamaModel) -> str:
+    """Where llama.cpp put the model's layers: "12/31 layers on CUDA0, 19 on CPU (GPU layers asked: 12; 4 threads)"."""
+    total = sum(model.layer_devices.values())
+    parts = [f"{n}/{total} layers on {device}" if i == 0 else f"{n} on {device}"
+             for i, (device, n) in enumerate(sorted(model.layer_devices.items(), key=lambda kv: kv[0] == "CPU"))]
+    asked = "all" if model.n_gpu_layers < 0 else str(model.n_gpu_layers)
+    on = f", GPU {model.main_gpu}" if model.main_gpu is not None else ""
+    return f"{', '.join(parts)} (GPU layers asked: {asked}{on}; {model.threads} threads)"
+
+
+def report_placement(model: LlamaModel) -> None:
+    """Log where the layers went; warn when GPU layers were asked for and llama.cpp had nowhere to put them."""
+    if model.n_gpu_layers != 0 and model.layer_devices and model.offloaded_layers == 0:
+        log.warning("%s: GPU layers asked for, but this llama.cpp build has no GPU backend: every layer is in RAM "
+                    "(README, GPUs: `make install` builds for the GPU it finds)", model.name)
+    log.info("%s: %s", model.name, describe_placement(model))
 
 
 def local_target(model: LlamaModel, *, exact: bool = True) -> LocalTarget:
@@ -35,16 +63,23 @@ def local_target(model: LlamaModel, *, exact: bool = True) -> LocalTarget:
 
 
 def load_target(spec: str, *, n_ctx: int = 4096, threads: int | None = None, exact: bool = True,
-                rpc_servers: Sequence[str] = (), gpu_layers: int = 0) -> tuple[Target, LlamaModel]:
+                rpc_servers: Sequence[str] = (), gpu_layers: int | None = None,
+                main_gpu: int | None = None) -> tuple[Target, LlamaModel]:
     """(target, tokenizer). A node target verifies on its node, which measured its own exact K; it is
-    tokenized here with its vocabulary, loaded without weights."""
+    tokenized here with its vocabulary, loaded without weights. rpc_servers: llama.cpp rpc-server workers
+    holding a local target's layers (gpu_layers of them; default: all), as `quickdraft node --rpc` does."""
     if is_node_url(spec):
+        if rpc_servers:
+            raise ValueError("RPC workers hold a local target's layers; a node:// target takes them on its node "
+                             "(quickdraft node --rpc)")
         target, tokenizer = open_target(spec)
         if not exact:
             target.max_k = MAX_K
         return target, tokenizer
+    if gpu_layers is None:
+        gpu_layers = 999 if rpc_servers else 0  # with RPC workers: every layer goes to them
     model = open_model(spec, n_ctx=n_ctx, threads=threads, exact=exact, rpc_servers=rpc_servers,
-                       gpu_layers=gpu_layers)
+                       gpu_layers=gpu_layers, main_gpu=main_gpu)
     return local_target(model, exact=exact), model
 
 
@@ -59,11 +94,11 @@ def check_vocab(target: LlamaModel, draft: LlamaModel) -> None:
 
 
 def load_drafter(spec: str, tokenizer: LlamaModel, *, n_ctx: int = 4096, threads: int | None = None,
-                 exact: bool = True) -> Drafter:
+                 exact: bool = True, gpu_layers: int = 0, main_gpu: int | None = None) -> Drafter:
     """A draft model (name, path, or node://) that must share the target's vocabulary."""
     if is_node_url(spec):
         return open_drafter(spec, vocab_fingerprint=tokenizer.vocab_fingerprint)
-    model = open_model(spec, n_ctx=n_ctx, threads=threads, exact=exact)
+    model = open_model(spec, n_ctx=n_ctx, threads=threads, exact=exact, gpu_layers=gpu_layers, main_gpu=main_gpu)
     check_vocab(tokenizer, model)
     return ModelDrafter(model)
 

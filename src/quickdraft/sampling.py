@@ -2,7 +2,7 @@
 
 The order is fixed and documented, because the target and its drafts must apply the same one:
 logits / temperature -> top_k -> softmax -> top_p -> min_p -> renormalise. temperature == 0 means greedy
-(argmax). Which token is drawn from a distribution is quickdraft.coupling's business.
+(argmax); top_p == 0 keeps the most probable token alone (the nucleus always holds at least one). Which token is drawn from a distribution is quickdraft.coupling's business.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class SamplingParams(BaseModel):
 
     temperature: float = Field(0.0, ge=0.0, le=100.0)
     top_k: int = Field(0, ge=0, description="0 = off")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_p: float = Field(1.0, ge=0.0, le=1.0, description="0 keeps only the most probable token (as llama.cpp)")
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     seed: int | None = None
 

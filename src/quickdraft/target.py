@@ -7,7 +7,7 @@ over the network. The speculative loop only ever calls `verify`, so it does not 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from quickdraft.acceptance import accept_prefix
 from quickdraft.coupling import coupled_token
 from quickdraft.llama_model import LlamaModel
 from quickdraft.sampling import SamplingParams, log_softmax
+
+if TYPE_CHECKING:
+    from quickdraft.constraint import DraftMasks
 
 
 @dataclass
@@ -40,20 +43,25 @@ class Target(Protocol):
     n_vocab: int
     n_ctx: int
     max_k: int  # the most draft tokens one verification checks exactly on this machine (0: none)
+    supports_grammar: bool  # verify honours `allowed` (grammar masks; quickdraft.constraint)
 
     def start(self, prompt: Sequence[int]) -> None:
         """A request begins with this prompt."""
 
     def verify(
-        self, context: list[int], draft: list[int], sampling: SamplingParams, top_logprobs: int | None = None
+        self, context: list[int], draft: list[int], sampling: SamplingParams, top_logprobs: int | None = None,
+        allowed: "DraftMasks | None" = None,
     ) -> Verdict:
-        """Evaluate context + draft in one pass; keep the draft's agreeing prefix and add the target's token."""
+        """Evaluate context + draft in one pass; keep the draft's agreeing prefix and add the target's token.
+        allowed: a grammar's masks for the len(draft) + 1 positions; the target's token is then chosen among
+        the tokens it allows."""
 
     def close(self) -> None: ...
 
 
 def token_logprobs(logits: np.ndarray, tokens: Sequence[int], top_n: int) -> list[TokenLogprob]:
-    """Log-probabilities of the model's raw (temperature 1) distribution for each emitted token."""
+    """Log-probabilities of the model's raw (temperature 1) distribution for each emitted token: sampling
+    parameters and a grammar's mask change which token is chosen, not these."""
     out = []
     for row, token in zip(logits, tokens):
         lp = log_softmax(row)
@@ -80,14 +88,21 @@ class LocalTarget:
         self.n_ctx = model.n_ctx
         self.max_k = max_k
         self.fresh_prefill = fresh_prefill
+        self.supports_grammar = True
 
     def start(self, prompt: Sequence[int]) -> None:
         if self.fresh_prefill:
             self.model.reset()
 
-    def verify(self, context, draft, sampling, top_logprobs=None) -> Verdict:
+    def verify(self, context, draft, sampling, top_logprobs=None, allowed=None) -> Verdict:
         logits = self.model.evaluate(context + draft, len(draft) + 1)
-        n, token = accept_prefix(draft, lambda i: coupled_token(logits[i], sampling, len(context) + i))
+
+        def own_token(i: int) -> int:  # the target's token at the position of draft[i]
+            if allowed is None:
+                return coupled_token(logits[i], sampling, len(context) + i)
+            return allowed.token(i, logits[i], sampling, len(context) + i)
+
+        n, token = accept_prefix(draft, own_token)
         emitted = draft[:n] + [token]
         lps = token_logprobs(logits, emitted, top_logprobs) if top_logprobs is not None else None
         return Verdict(n, emitted, lps)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from quickdraft.bench.prompts import SUITES
+from quickdraft.placement import add_placement_flags, placement_from_args
 
 
 def register(subparsers) -> None:
@@ -49,6 +50,7 @@ def register(subparsers) -> None:
     p.add_argument("--inexact", action="store_true",
                    help="do not cap K at the batch size llama.cpp's kernels verify bit-exactly here "
                    "(greedy outputs may then differ from the target alone's; the bench reports it)")
+    add_placement_flags(p)
     p.add_argument("--fail-on-mismatch", action="store_true",
                    help="exit with status 1 when an output differs from the target alone's")
     p.set_defaults(func=cmd_bench)
@@ -67,7 +69,7 @@ def cmd_bench(args) -> int:
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed, out=args.out,
         against=args.against, server=args.server, server_model=args.model, api_key=args.api_key,
         threads=args.threads, n_ctx=args.ctx, chat_template=args.chat_template, warmup=not args.no_warmup,
-        repeat=args.repeat, exact=not args.inexact,
+        repeat=args.repeat, exact=not args.inexact, placement=placement_from_args(args),
         command=command_line(),
     )
     console = Console(stderr=True)
@@ -116,8 +118,12 @@ def print_summary(console, result, out: Path) -> None:
     if result.mismatches:
         lines = "\n".join(m.describe() for m in result.mismatches[:15])
         more = f"\n... and {len(result.mismatches) - 15} more (results.json)" if len(result.mismatches) > 15 else ""
-        console.print(Panel(lines + more, title=f"MISMATCH: {len(result.mismatches)} outputs differ from "
-                            "the target alone", border_style="bold red"))
+        if result.settings.get("exact", True):
+            title, style = f"MISMATCH: {len(result.mismatches)} outputs differ from the target alone", "bold red"
+        else:  # --inexact: llama.cpp-level exactness; the '= target alone' column is the match rate
+            title, style = (f"--inexact: {len(result.mismatches)} outputs differ from the target alone (equal only "
+                            "up to rounding; match rate per configuration in '= target alone')"), "yellow"
+        console.print(Panel(lines + more, title=title, border_style=style))
     if result.errors:
         console.print(Panel("\n".join(f"{r.config} {r.prompt_id}.{r.turn + 1}: {r.error}" for r in result.errors[:10]),
                             title=f"{len(result.errors)} generations failed", border_style="red"))

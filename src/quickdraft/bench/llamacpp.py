@@ -141,6 +141,7 @@ class LlamaCppBackend:
         self.threads, self.n_ctx = threads, n_ctx
         self.temperature, self.seed = temperature, seed
         self.programs = {name: ensure_tool(name) for name in (SPECULATIVE, LOOKUP)}
+        self.system_info: str | None = None  # the programs' own "system_info:" line (their kernels)
 
     def prompt_text(self, messages: list[dict]) -> str:
         """Our chat template's text, less the BOS token llama.cpp adds by itself."""
@@ -161,6 +162,9 @@ class LlamaCppBackend:
             )
             stdout, stderr, code, rss = run_process(cmd)
         record.peak_rss_bytes = rss
+        info = re.search(r"system_info: (.*)", stderr)
+        if info and self.system_info is None:
+            self.system_info = info.group(1).strip()
         try:
             if code != 0:
                 raise LlamaCppError(f"{Path(cmd[0]).name} exited with {code}: {stderr.strip()[-500:]}")

@@ -11,19 +11,24 @@ from quickdraft.engine import Engine
 from quickdraft.errors import QuickdraftError
 from quickdraft.llama_model import LlamaModel
 from quickdraft.loading import load_drafter, load_target, standard_drafters
+from quickdraft.placement import Placement, resolve as resolve_placement
 
 
 def build_engine(
     target: str, draft_models: list[str], *, n_ctx: int = 4096, threads: int | None = None,
-    chat_template: str | None = None, exact: bool = True,
+    chat_template: str | None = None, exact: bool = True, placement: Placement | None = None,
 ) -> Engine:
     """An engine with the drafters none, ngram and one per draft model (named by the model's name), loaded
     as Engine.load loads them (quickdraft.loading), so the bench measures what users get: with `exact`, K
-    is capped to engine.target.max_k."""
-    target_backend, tokenizer = load_target(target, n_ctx=n_ctx, threads=threads, exact=exact)
+    is capped to engine.target.max_k. placement: as Engine.load's; every draft model gets the draft's."""
+    on_target, on_draft = resolve_placement(placement, target=target, draft=next(iter(draft_models), None),
+                                            n_ctx=n_ctx, threads=threads)
+    target_backend, tokenizer = load_target(target, n_ctx=n_ctx, threads=on_target.threads, exact=exact,
+                                            gpu_layers=on_target.gpu_layers, main_gpu=on_target.main_gpu)
     drafters = standard_drafters()
     for name in draft_models:
-        drafters[name] = load_drafter(name, tokenizer, n_ctx=n_ctx, threads=threads, exact=exact)
+        drafters[name] = load_drafter(name, tokenizer, n_ctx=n_ctx, threads=on_draft.threads, exact=exact,
+                                      gpu_layers=on_draft.gpu_layers, main_gpu=on_draft.main_gpu)
     return Engine(target_backend, tokenizer, drafters, draft="none", chat_template=chat_template)
 
 

@@ -18,6 +18,7 @@ from quickdraft.bench.runner import Backend, generations, run_bench
 from quickdraft.bench.server import SERVER_DRAFT
 from quickdraft.bench.summary import summarize
 from quickdraft.errors import InvalidRequestError
+from quickdraft.placement import Placement
 
 SPECIAL_DRAFTS = ("none", "ngram", "auto", SERVER_DRAFT)
 
@@ -45,6 +46,7 @@ class BenchSettings:
     warmup: bool = True
     repeat: int = 1
     exact: bool = True  # cap K where llama.cpp's kernels stop verifying bit-exactly, as Engine.load does
+    placement: Placement | None = None  # each model's GPU layers, GPU, threads (None: auto, as Engine.load)
     command: str = "quickdraft bench"
 
 
@@ -142,8 +144,8 @@ def notes(settings: BenchSettings, configs: Sequence[Config], load: tuple[float,
             "llama-lookup --spec-draft-n-max K for n-gram, llama-lookup --spec-draft-n-max 0 for the target "
             "alone. Their seconds = the 'encoded' plus 'decoded' times they print; they may run up to K "
             "tokens past max_tokens, all counted. Same threads, context and sampling; llama.cpp's own defaults "
-            "otherwise (batch sizes; flash attention 'auto'); built from the same llama.cpp source with the "
-            "installed wheel's llamafile setting.",
+            "otherwise (batch sizes; flash attention 'auto'); built from the same llama.cpp source (with the "
+            "installed wheel's llamafile setting unless QUICKDRAFT_LLAMA_BIN names other programs).",
             "llama.cpp peak RSS = the child process's own, sampled every 50 ms while it runs; it has no TTFT.",
         ]
     if any(c.backend == "server" for c in configs):
@@ -182,7 +184,8 @@ def run(settings: BenchSettings, *, on_start: Callable[[int], None] | None = Non
             picked = pick_draft(settings.target)
             auto_models = [picked] if picked else []
         engine = build_engine(settings.target, list(dict.fromkeys(drafts + auto_models)), n_ctx=settings.n_ctx,
-                              threads=threads, chat_template=settings.chat_template, exact=settings.exact)
+                              threads=threads, chat_template=settings.chat_template, exact=settings.exact,
+                              placement=settings.placement)
         backends["local"] = LocalBackend(engine, temperature=settings.temperature, seed=settings.seed)
         cap = engine.target.max_k
         ks = effective_ks(settings.ks, cap)
@@ -226,6 +229,7 @@ def run(settings: BenchSettings, *, on_start: Callable[[int], None] | None = Non
             "max_tokens": settings.max_tokens, "temperature": settings.temperature, "seed": settings.seed,
             "threads": threads, "n_ctx": settings.n_ctx, "against": settings.against, "server": settings.server,
             "repeat": settings.repeat, "exact": settings.exact,
+            "placement": (settings.placement or Placement()).model_dump(mode="json"),
             "quickdraft": quickdraft.__version__, "llama_cpp_python": version("llama-cpp-python"),
         },
         configs=configs,
@@ -235,10 +239,20 @@ def run(settings: BenchSettings, *, on_start: Callable[[int], None] | None = Non
         mismatches=find_mismatches(runs, [c for c in configs if c.backend in checked]),
         greedy_checked=greedy,
         checked_backends=checked,
-        notes=notes(settings, configs, (load_start, load_end)) + extra_notes,
+        notes=notes(settings, configs, (load_start, load_end)) + extra_notes + llamacpp_build_note(backends),
     )
     write_outputs(result, settings.out, f"{settings.target or settings.server}, {set_name}")
     return result
+
+
+def llamacpp_build_note(backends: dict) -> list[str]:
+    """Which kernels llama.cpp's programs ran with, from their own log (QUICKDRAFT_LLAMA_BIN may point the
+    bench at another build, e.g. a stock one with llamafile's kernels)."""
+    info = getattr(backends.get("llama.cpp"), "system_info", None)
+    if not info:
+        return []
+    llamafile = "on" if "LLAMAFILE = 1" in info else "off"
+    return [f"llama.cpp programs ran with llamafile {llamafile} (their system_info: {info})."]
 
 
 def write_outputs(result: BenchResult, out: Path, title: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from quickdraft.placement import gpu_layers_arg
+
 
 def _endpoints(value: str) -> list[str]:
     return [e.strip() for e in value.split(",") if e.strip()]
@@ -15,7 +17,8 @@ def cmd_node(args) -> int:
 
     return run_node(
         args.model, args.role, host=args.host, port=args.port, threads=args.threads, n_ctx=args.ctx,
-        rpc=args.rpc or (), gpu_layers=args.gpu_layers, session_ttl=args.session_ttl,
+        rpc=args.rpc or (), gpu_layers=args.gpu_layers, main_gpu=args.main_gpu, session_ttl=args.session_ttl,
+        key=args.key,
     )
 
 
@@ -35,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     n = sub.add_parser(
         "node", help="serve one model (target or draft) to a coordinator, token ids over WebSocket",
         description="Hold one model and serve the quickdraft node protocol. The coordinator uses it with "
-        "--target node://HOST:PORT or --draft node://HOST:PORT. No authentication: bind to a trusted network.",
+        "--target node://HOST:PORT or --draft node://HOST:PORT. With --key (or QUICKDRAFT_NODE_KEY) clients must "
+        "prove the key at connect; off loopback a key is required. Nothing is encrypted: use a trusted network.",
     )
     n.add_argument("--model", required=True, help="a .gguf path or a model name (quickdraft models)")
     n.add_argument("--role", choices=["target", "draft"], default="target")
@@ -45,9 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--ctx", type=int, default=4096, help="context size in tokens")
     n.add_argument("--rpc", type=_endpoints, default=None, metavar="HOST:PORT,...",
                    help="llama.cpp rpc-server workers (quickdraft rpc-worker) to put the model's layers on")
-    n.add_argument("--gpu-layers", type=int, default=None,
-                   help="layers to put on the RPC workers (default: all of them when --rpc is given)")
+    n.add_argument("--gpu-layers", type=gpu_layers_arg, default=None, metavar="auto|all|none|N",
+                   help="layers on the GPU, or on the RPC workers with --rpc (default auto: all of them with --rpc, "
+                   "else the planner's choice where llama.cpp has a GPU, else none)")
+    n.add_argument("--main-gpu", type=int, default=None, metavar="I",
+                   help="the GPU the layers go to (default: spread over all GPUs)")
     n.add_argument("--session-ttl", type=float, default=300.0, help="seconds before an idle session is freed")
+    n.add_argument("--key", default=None, help="node key clients must prove (default: $QUICKDRAFT_NODE_KEY; "
+                   "required off loopback). Prefer the variable: a flag shows in the process list")
     n.set_defaults(func=cmd_node)
 
     w = sub.add_parser(

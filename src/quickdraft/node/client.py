@@ -6,7 +6,10 @@
   connects again);
 - `UnknownSessionError` when the node no longer has the session (it restarted, or the session expired);
 - `NodeProtocolError` for any other error the node reports.
-Every (re)connection starts with `info`: another protocol version, role or vocabulary is refused there.
+Every (re)connection starts with `info`: another protocol version, role or vocabulary is refused there. With
+a node key (`?key=` on the address, the `key` argument, or QUICKDRAFT_NODE_KEY) the connection first proves
+the key and checks that the node holds it too (quickdraft.node.auth); a missing or wrong key raises
+`NodeAuthError`, which is not retried.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from websockets.exceptions import WebSocketException
 from quickdraft.errors import IncompatibleVocabError, NodeUnavailableError
 from quickdraft.node import protocol as p
 from quickdraft.node import wire
+from quickdraft.node.auth import auth_error, client_handshake, env_key, public_url, unproven_node
 
 MAX_MESSAGE_BYTES = 64 << 20  # the vocabulary reply is the largest message (6.5 MB for Gemma 3)
 
@@ -52,9 +56,10 @@ class OpStats:
 
 class NodeClient:
     def __init__(self, url: str, *, role: str, timeout: float = 30.0, connect_timeout: float = 5.0,
-                 vocab_fingerprint: str | None = None):
-        self.url = url
-        self.host, self.port, _ = p.parse_node_url(url)
+                 vocab_fingerprint: str | None = None, key: str | None = None):
+        self.host, self.port, options = p.parse_node_url(url)
+        self.url = public_url(url)  # never the key: it appears in errors, logs and metric labels
+        self.key = options.get("key") or key or env_key()
         self.role = role
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self.expected_fingerprint = vocab_fingerprint  # refuse a node with another vocabulary
@@ -81,7 +86,14 @@ class NodeClient:
         except (OSError, TimeoutError, WebSocketException) as e:
             raise NodeUnavailableError(f"{self.role} node {self.url} is not reachable: {_describe(e)}") from None
         try:
-            info = self._call({"op": "info", "protocol": p.PROTOCOL_VERSION}, self.connect_timeout)
+            where = f"{self.role} node {self.url}"
+            request, proven = {"op": "info", "protocol": p.PROTOCOL_VERSION}, True
+            if self.key:
+                request["auth"], proven = client_handshake(self.key, where,
+                                                           lambda r: self._call(r, self.connect_timeout))
+            info = self._call(request, self.connect_timeout)
+            if not proven:
+                raise unproven_node(where)
         except p.NodeProtocolError:
             self._disconnect()
             raise
@@ -157,6 +169,10 @@ class NodeClient:
         if error == "unknown_session":
             raise p.UnknownSessionError(reply.get("message", ""))
         if error is not None:
+            refused = auth_error(error, reply.get("message", ""), f"{self.role} node {self.url}")
+            if refused is not None:
+                self._disconnect()
+                raise refused
             raise p.NodeProtocolError(f"{self.role} node {self.url}: {reply.get('message', error)}")
         return reply
 

@@ -74,6 +74,10 @@ class FallbackDrafter:
         DRAFT_FALLBACK_ROUNDS.labels(self.label).inc()
         return []
 
+    def mark_down(self, error: Exception) -> None:
+        """The draft is unavailable already (its node was down at start): the target alone until a retry."""
+        self._failed(error)
+
     def _available(self) -> bool:
         return not self.down or time.monotonic() >= self._down_until
 

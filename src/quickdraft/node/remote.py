@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from quickdraft.errors import NodeUnavailableError
+from quickdraft.errors import InvalidRequestError, NodeUnavailableError
 from quickdraft.llama_model import common_prefix_len
 from quickdraft.node import protocol as p
+from quickdraft.node.auth import public_url
 from quickdraft.node.client import NodeClient, NodeTimeoutError
 from quickdraft.node.metrics import SESSIONS_RECREATED, TARGET_FAILURES
 from quickdraft.node.vocab import load_vocab
@@ -113,7 +114,7 @@ class RemoteTarget:
 
     def __init__(self, url: str, *, timeout: float | None = None, connect_timeout: float | None = None):
         o = _options(url)
-        self.url = url
+        self.url = public_url(url)  # without its key
         self.client = NodeClient(
             url, role="target",
             timeout=timeout or _float(o, "timeout", 60.0),
@@ -122,18 +123,19 @@ class RemoteTarget:
         try:
             info = self.client.connect()
         except NodeUnavailableError as e:
-            TARGET_FAILURES.labels(url).inc()
+            TARGET_FAILURES.labels(self.url).inc()
             raise NodeUnavailableError(f"cannot use the target: {e}") from None
         max_k = info.get("max_exact_k")
         if type(max_k) is not int or max_k < 0:
             self.client.close()
-            raise p.NodeProtocolError(f"target node {url} reports no exact K (max_exact_k={max_k!r})")
+            raise p.NodeProtocolError(f"target node {self.url} reports no exact K (max_exact_k={max_k!r})")
         self.client.expected_fingerprint = info["vocab_fingerprint"]  # a restart must bring the same vocabulary
         self.info = info
         self.name: str = info["model"]
         self.n_vocab: int = info["n_vocab"]
         self.n_ctx: int = info["n_ctx"]
         self.max_k: int = max_k
+        self.supports_grammar = False  # the node protocol carries no grammar masks
         self.vocab_fingerprint: str = info["vocab_fingerprint"]
         self.session = NodeSession(self.client, prefill_seconds_per_token=_float(o, "prefill_per_token", 0.05))
 
@@ -144,7 +146,9 @@ class RemoteTarget:
     def start(self, prompt: Sequence[int]) -> None:
         self.session.restart()  # the first verify opens the request's session on the node
 
-    def verify(self, context, draft, sampling, top_logprobs=None) -> Verdict:
+    def verify(self, context, draft, sampling, top_logprobs=None, allowed=None) -> Verdict:
+        if allowed is not None:
+            raise InvalidRequestError(f"the target node {self.url} cannot apply a grammar")
         draft = list(draft)
 
         def build(session: int, base: int, extend: list[int]) -> dict:
@@ -183,7 +187,7 @@ class RemoteDrafter:
     def __init__(self, url: str, *, vocab_fingerprint: str | None = None, timeout: float | None = None,
                  connect_timeout: float | None = None):
         o = _options(url)
-        self.url = url
+        self.url = public_url(url)  # without its key
         self.client = NodeClient(
             url, role="draft",
             timeout=timeout or _float(o, "timeout", 5.0),
@@ -204,6 +208,8 @@ class RemoteDrafter:
         self.session.restart()  # the session opens at the first proposal, which brings the request's sampling
 
     def propose(self, context, k, sampling) -> list[int]:
+        if self.info is None:  # the node was down when the engine started: connect (and check it) now
+            self.connect()
         if self.n_ctx is not None:
             k = min(k, self.n_ctx - len(context))
         if k <= 0:

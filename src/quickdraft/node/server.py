@@ -1,8 +1,9 @@
 """`quickdraft node`: one model behind the node protocol, served over WebSocket.
 
 One thread per connection reads a request from its socket, lets the `NodeService` answer it, and writes the
-reply (quickdraft.node.wire: no hand-off between threads). A background thread expires idle sessions. Binds to 127.0.0.1 unless told otherwise: the protocol has no
-authentication, so a node on another address belongs on a trusted network.
+reply (quickdraft.node.wire: no hand-off between threads). A background thread expires idle sessions. Binds to
+127.0.0.1 unless told otherwise; off loopback it refuses to start without a node key, which every connection
+must then prove (quickdraft.node.auth).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Sequence
 
 from quickdraft.node import protocol as p
 from quickdraft.node import wire
+from quickdraft.node.auth import NodeGate, check_exposure, env_key
 from quickdraft.node.service import DEFAULT_SESSION_TTL, NodeService
 
 log = logging.getLogger("quickdraft.node")
@@ -24,8 +26,9 @@ MAX_REQUEST_BYTES = 16 << 20
 
 
 class NodeServer:
-    def __init__(self, service: NodeService, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, service: NodeService, host: str = "127.0.0.1", port: int = 0, *, key: str | None = None):
         self.service = service
+        self.key = key or None
         self._server = wire.Server(self._connection, host, port, max_size=MAX_REQUEST_BYTES)
         self.host = host
         self.port = self._server.socket.getsockname()[1]
@@ -37,7 +40,8 @@ class NodeServer:
         return f"node://{self.host}:{self.port}"
 
     def _connection(self, ws: wire.WebSocket) -> None:
-        """Serve one client until it goes away."""
+        """Serve one client until it goes away (or fails to prove the node key)."""
+        gate = NodeGate(self.key, _peer(ws))
         while True:
             message = ws.recv()  # ConnectionError when the client leaves: the wire server ends the thread
             try:
@@ -45,8 +49,12 @@ class NodeServer:
             except Exception as e:
                 reply = p.error_reply("bad_request", f"unreadable message: {e}")
             else:
-                reply = self.service.handle(request)
+                refusal = gate.check(request)
+                reply = refusal if refusal is not None else self.service.handle(request)
             ws.send(p.pack(reply))
+            if gate.closing:
+                ws.close()
+                return
 
     def _sweep(self) -> None:
         interval = max(1.0, min(30.0, self.service.session_ttl / 4))
@@ -70,30 +78,47 @@ class NodeServer:
         self._server.shutdown()
 
 
+def _peer(ws: wire.WebSocket) -> str:
+    try:
+        host, port = ws.sock.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "?"
+
+
 def run_node(model: str, role: str = "target", *, host: str = "127.0.0.1", port: int | None = None,
-             threads: int | None = None, n_ctx: int = 4096, rpc: Sequence[str] = (), gpu_layers: int | None = None,
-             session_ttl: float = DEFAULT_SESSION_TTL) -> int:
+             threads: int | None = None, n_ctx: int = 4096, rpc: Sequence[str] = (),
+             gpu_layers: int | str | None = None, main_gpu: int | None = None,
+             session_ttl: float = DEFAULT_SESSION_TTL, key: str | None = None) -> int:
     """Load the model, serve until SIGINT/SIGTERM. Prints one `listening on node://HOST:PORT` line when ready.
+    key (else QUICKDRAFT_NODE_KEY): the node key clients must prove; required off loopback.
 
     The model is opened and (for a target) made a target exactly as the in-process engine does it
-    (quickdraft.loading): a target node measures its exact K on this machine, where its verification runs."""
-    from quickdraft.loading import open_model
+    (quickdraft.loading): a target node measures its exact K on this machine, where its verification runs.
+    gpu_layers, main_gpu: quickdraft.placement's (None: auto; with RPC workers auto is all of them)."""
+    from quickdraft.loading import describe_placement, open_model
+    from quickdraft.placement import resolve_one
 
     logging.basicConfig(level=logging.INFO, format="[quickdraft node] %(message)s", stream=sys.stderr)
     if role not in p.ROLES:
         raise ValueError(f"--role must be one of {', '.join(p.ROLES)}")
+    key = key or env_key()
+    check_exposure(host, key)  # before loading anything
     rpc = tuple(rpc)
-    if gpu_layers is None:
-        gpu_layers = 999 if rpc else 0  # with RPC workers: every layer goes to them
-    llama = open_model(model, n_ctx=n_ctx, threads=threads, rpc_servers=rpc, gpu_layers=gpu_layers)
+    placed = resolve_one(role, model, gpu_layers, main_gpu, n_ctx=n_ctx, threads=threads, rpc=bool(rpc))
+    llama = open_model(model, n_ctx=n_ctx, threads=placed.threads, rpc_servers=rpc, gpu_layers=placed.gpu_layers,
+                       main_gpu=placed.main_gpu)
     service = NodeService(llama, role, session_ttl=session_ttl)
     log.info("%s node: %s (%d tokens of context, %d threads%s), vocabulary %s...%s", role, llama.name, llama.n_ctx,
-             llama.threads, f", {gpu_layers} layers on RPC workers {', '.join(rpc)}" if rpc else "",
+             llama.threads, f", {describe_placement(llama)}, RPC workers {', '.join(rpc)}" if rpc else "",
              llama.vocab_fingerprint[:12],
              f", K up to {service.target.max_k} verified exactly" if service.target is not None else "")
-    server = NodeServer(service, host, DEFAULT_PORTS[role] if port is None else port)
+    server = NodeServer(service, host, DEFAULT_PORTS[role] if port is None else port, key=key)
+    if key:
+        log.info("clients must prove the node key")
     if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: the node protocol has no authentication; keep it on a trusted network", host)
+        log.warning("listening on %s: the node key authenticates clients but nothing is encrypted; keep it on a "
+                    "trusted network", host)
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -34,6 +34,12 @@ from quickdraft.sampling import SamplingParams
 DEFAULT_SESSION_TTL = 300.0
 
 
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
 @dataclass
 class Session:
     id: int
@@ -136,6 +142,7 @@ class NodeService:
             "eos": self.model.eos_token,
             "sessions": len(self.sessions),
             "requests_served": self.requests,
+            "rss_bytes": _rss_bytes(),  # this node process's memory (for `quickdraft cluster status`)
             "session_ttl": self.session_ttl,
             "llama_cpp": {**system_info(), "rpc_servers": list(self.model.rpc_servers)},
         }

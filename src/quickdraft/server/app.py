@@ -8,12 +8,14 @@ there), the scheduler queues it (429 when full) and its worker runs it, and `for
 engine's steps into OpenAI's JSON, whole or as server-sent events.
 
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models[/{id}], GET /v1/quickdraft/status
-(all behind the key), GET /health and GET /metrics (open: they tell nothing about prompts or answers).
+(all behind the key; the first three also without `/v1`, as llama-server and LM Studio answer them), GET
+/health and GET /metrics (open: they tell nothing about prompts or answers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -29,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from quickdraft import __version__
 from quickdraft.config import Config
 from quickdraft.engine import Engine
+from quickdraft.llama_model import system_info
 from quickdraft.server.errors import APIError, generation_error, server_error, status_error
 from quickdraft.server.formatting import ChatFormatter, Choice, CompletionFormatter, Formatter, TokenText
 from quickdraft.server.metrics import ServerMetrics
@@ -38,15 +41,16 @@ from quickdraft.server.schemas import ChatCompletionRequest, CompletionRequest, 
 
 log = logging.getLogger("quickdraft.server")
 
-GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions")
+GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions", "/chat/completions", "/completions")
 
 
 def create_app(engine: Engine, config: Config) -> FastAPI:
-    model_id = config.models.served_name()
+    model_id = config.models.served_name(engine.target.name)
     limits = config.server.limits
     metrics = ServerMetrics(queue_waiting=lambda: scheduler.waiting, queue_running=lambda: scheduler.running)
     scheduler = Scheduler(limits.queue_size, on_generation_end=metrics.record_generation)
     token_text = TokenText(engine.tokenizer)
+    fingerprint = system_fingerprint(engine, config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -64,7 +68,9 @@ def create_app(engine: Engine, config: Config) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
-        return status_error(e.status_code, str(e.detail)).response()
+        error = status_error(e.status_code, str(e.detail))
+        error.headers = e.headers  # 405 names the allowed methods (Allow)
+        return error.response()
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, e: Exception):
@@ -100,7 +106,8 @@ def create_app(engine: Engine, config: Config) -> FastAPI:
         return bytes(body)
 
     def check_model(name: str | None) -> None:
-        if name and name != model_id:
+        """One model is served: any name gets it (as llama-server does), unless server.strict_model_name."""
+        if name and name != model_id and config.server.strict_model_name:
             raise APIError(404, f"the model {name!r} does not exist; this server serves {model_id!r}",
                            param="model", code="model_not_found")
 
@@ -168,7 +175,8 @@ def create_app(engine: Engine, config: Config) -> FastAPI:
         check_model(req.model)
         prepared = await asyncio.to_thread(prepare_chat, engine, config, req)
         formatter = ChatFormatter(model_id, token_text, logprobs=prepared.top_logprobs is not None,
-                                  include_usage=prepared.include_usage, echo=prepared.echo)
+                                  include_usage=prepared.include_usage, echo=prepared.echo,
+                                  fingerprint=fingerprint, tool_names=prepared.tool_names)
         return await generate(request, prepared, formatter)
 
     @v1.post("/completions")
@@ -177,7 +185,8 @@ def create_app(engine: Engine, config: Config) -> FastAPI:
         check_model(req.model)
         prepared = await asyncio.to_thread(prepare_completion, engine, config, req)
         formatter = CompletionFormatter(model_id, token_text, logprobs=prepared.top_logprobs is not None,
-                                        include_usage=prepared.include_usage, echo=prepared.echo)
+                                        include_usage=prepared.include_usage, echo=prepared.echo,
+                                        fingerprint=fingerprint)
         return await generate(request, prepared, formatter)
 
     def model_card() -> dict:
@@ -206,6 +215,11 @@ def create_app(engine: Engine, config: Config) -> FastAPI:
         }
 
     app.include_router(v1)
+    unversioned = APIRouter(dependencies=[Depends(require_api_key)])  # clients written for llama-server
+    unversioned.add_api_route("/chat/completions", chat_completions, methods=["POST"])
+    unversioned.add_api_route("/completions", completions, methods=["POST"])
+    unversioned.add_api_route("/models", list_models, methods=["GET"])
+    app.include_router(unversioned)
 
     @app.get("/health")
     async def health():
@@ -223,6 +237,14 @@ def refusal(e: QueueFull | ShuttingDown) -> APIError:
     if isinstance(e, QueueFull):
         return APIError(429, str(e), type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
     return APIError(503, str(e), type="server_error", code="shutting_down")
+
+
+def system_fingerprint(engine: Engine, config: Config) -> str:
+    """What determines the answers besides the request: the target, the llama.cpp build and the exactness
+    setting. Stable across restarts of the same setup, different when any of them changes."""
+    setup = {"target": engine.target.name, "llama_cpp": system_info(), "exact": config.models.exact,
+             "chat_template": config.models.chat_template, "quickdraft": __version__}
+    return "fp_" + hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def sse(data: dict) -> str:

@@ -11,6 +11,7 @@ import logging
 import sys
 
 from quickdraft.config import Config, ConfigError, load_config
+from quickdraft.placement import add_placement_flags, placement_flag_keys
 
 # flag dest -> config key
 FLAG_KEYS = {
@@ -29,6 +30,9 @@ FLAG_KEYS = {
     "queue_size": "server.limits.queue_size",
     "max_body_bytes": "server.limits.max_body_bytes",
     "max_tokens_cap": "server.limits.max_tokens",
+    "rpc": "nodes.rpc",
+    "wait": "nodes.wait",
+    **placement_flag_keys(),  # --target-gpu-layers -> placement.target.gpu_layers, ...
 }
 
 
@@ -62,6 +66,12 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--inexact", dest="exact", action="store_const", const=False,
                    help="llama.cpp's faster default settings and no K cap: output equal to the target's only up "
                    "to rounding (README, Exactness)")
+    add_placement_flags(p)
+    n = p.add_argument_group("nodes and RPC workers (docs/nodes.md)")
+    n.add_argument("--rpc", type=lambda v: [e.strip() for e in v.split(",") if e.strip()], metavar="HOST:PORT,...",
+                   help="llama.cpp rpc-server workers (quickdraft rpc-worker) to hold the target's layers")
+    n.add_argument("--wait", type=float, metavar="SECONDS",
+                   help="how long to wait for the target node / RPC workers to come up (default 120)")
     s = p.add_argument_group("server")
     s.add_argument("--host", help="address to listen on (default 127.0.0.1; others need an API key)")
     s.add_argument("--port", type=int, help="port (default 8088)")
@@ -94,25 +104,11 @@ def cmd_config_show(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import uvicorn
-
-    from quickdraft.server.app import create_app
+    from quickdraft.server.startup import serve
 
     config = config_from_args(args)
     server = config.server
     server.check_exposure()
     logging.basicConfig(level=server.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
-    log = logging.getLogger("quickdraft.server")
-
-    models = config.models
-    log.info("loading target %s, draft %s", models.target, models.draft)
-    engine = models.load_engine()
-    app = create_app(engine, config)
-    log.info(
-        "serving %s on http://%s:%d/v1 (drafter %s, k=%d, context %d, queue %d%s)",
-        models.served_name(), server.host, server.port, engine.default_draft, engine.default_k,
-        engine.target.n_ctx, server.limits.queue_size, ", API key required" if server.api_key else "",
-    )
-    uvicorn.run(app, host=server.host, port=server.port, log_level=server.log_level,
-                timeout_graceful_shutdown=5)
-    return 0
+    # the server listens at once and loads (after waiting for its nodes and RPC workers) in the background
+    return serve(config, models=config.cluster.model_paths() if config.cluster else None)

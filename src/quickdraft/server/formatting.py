@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from quickdraft.generate import GenerationResponse
 from quickdraft.target import TokenLogprob
+from quickdraft.tool_calls import ToolCallStream, parse_answer
 
 
 class TokenText:
@@ -71,8 +72,10 @@ class Formatter:
     id_prefix = ""  # of the response id
     chunk_object = ""  # the `object` of stream chunks
 
-    def __init__(self, model: str, tokens: TokenText, *, logprobs: bool, include_usage: bool, echo: list[str]):
+    def __init__(self, model: str, tokens: TokenText, *, logprobs: bool, include_usage: bool, echo: list[str],
+                 fingerprint: str | None = None):
         self.id = self.id_prefix + secrets.token_hex(12)
+        self.fingerprint = fingerprint  # system_fingerprint: the setup that produced the answer
         self.created = int(time.time())
         self.model = model
         self.tokens = tokens
@@ -85,7 +88,7 @@ class Formatter:
 
     def _envelope(self, object_name: str, choices: list[dict]) -> dict:
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
-                "choices": choices}
+                "system_fingerprint": self.fingerprint, "choices": choices}
 
     def _chunk_envelope(self, choices: list[dict]) -> dict:
         """A stream chunk; with include_usage every chunk has `usage: null` but the last, which has usage."""
@@ -106,8 +109,17 @@ class Formatter:
 
 
 class ChatFormatter(Formatter):
+    """tool_names: the tools offered (None: none), whose calls are read out of the answer into `tool_calls`;
+    a streamed answer is held back while it may be a call (quickdraft.tool_calls.ToolCallStream)."""
+
     id_prefix = "chatcmpl-"
     chunk_object = "chat.completion.chunk"
+
+    def __init__(self, *args, tool_names: frozenset[str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tool_names = tool_names
+        self._tool_streams: dict[int, ToolCallStream] = {}
+        self._held_logprobs: dict[int, list[TokenLogprob]] = {}
 
     def _logprobs(self, logprobs: list[TokenLogprob]) -> dict | None:
         if not self.logprobs:
@@ -133,6 +145,8 @@ class ChatFormatter(Formatter):
 
     def chunks(self, index: int, step: GenerationResponse) -> list[dict]:
         self._count(step)
+        if self.tool_names is not None:
+            return self._tool_chunks(index, step)
         out = []
         if step.text or (self.logprobs and self.tokens.visible(step.logprobs)):
             out.append(self._chunk(index, {"content": step.text}, self._logprobs(step.logprobs), None))
@@ -140,15 +154,53 @@ class ChatFormatter(Formatter):
             out.append(self._chunk(index, {}, None, step.finish_reason))
         return out
 
+    def _tool_chunks(self, index: int, step: GenerationResponse) -> list[dict]:
+        """Content while the answer cannot be a call; at the end, the calls as OpenAI streams them: per call,
+        one delta with its index, id, type and name, then its arguments."""
+        stream = self._tool_streams.setdefault(index, ToolCallStream(self.tool_names))
+        held = self._held_logprobs.setdefault(index, [])
+        held.extend(step.logprobs or [])
+        out = []
+        content = stream.feed(step.text)
+        if content:
+            out.append(self._chunk(index, {"content": content}, self._logprobs(held), None))
+            held.clear()
+        if step.finish_reason is None:
+            return out
+        parsed = stream.finish()
+        if parsed.content:
+            out.append(self._chunk(index, {"content": parsed.content}, self._logprobs(held), None))
+        for i, call in enumerate(parsed.calls):
+            head = {"index": i, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+            out.append(self._chunk(index, {"tool_calls": [head]}, None, None))
+            out.append(self._chunk(index, {"tool_calls": [{"index": i, "function": {"arguments": call.arguments}}]},
+                                   None, None))
+        out.append(self._chunk(index, {}, None, "tool_calls" if parsed.calls else step.finish_reason))
+        return out
+
+    def _message(self, choice: Choice) -> tuple[dict, str | None]:
+        """A whole answer's message and finish_reason: with tools offered, its calls in `tool_calls` (and
+        content null when the answer is only calls)."""
+        message = {"role": "assistant", "content": choice.text, "refusal": None, "annotations": []}
+        if self.tool_names is None:
+            return message, choice.finish_reason
+        parsed = parse_answer(choice.text, self.tool_names)
+        if not parsed.calls:
+            return message, choice.finish_reason
+        message["content"] = parsed.content
+        message["tool_calls"] = [call.as_openai() for call in parsed.calls]
+        return message, "tool_calls"
+
     def response(self, choices: list[Choice]) -> dict:
+        answers = [self._message(c) for c in choices]
         body = self._envelope("chat.completion", [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": c.text, "refusal": None},
+                "message": message,
                 "logprobs": self._logprobs(c.logprobs),
-                "finish_reason": c.finish_reason,
+                "finish_reason": finish_reason,
             }
-            for i, c in enumerate(choices)
+            for i, (c, (message, finish_reason)) in enumerate(zip(choices, answers))
         ])
         body["usage"] = usage(sum(c.prompt_tokens for c in choices), sum(c.completion_tokens for c in choices))
         return body

@@ -14,11 +14,13 @@ from typing import Iterator, Sequence
 import jinja2
 
 from quickdraft.config import Config
+from quickdraft.constraint import GrammarError, GrammarSpec
 from quickdraft.engine import Engine
 from quickdraft.errors import InvalidRequestError
 from quickdraft.generate import GenerationResponse
 from quickdraft.server.errors import bad_request, from_engine_error
 from quickdraft.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationFields
+from quickdraft.tool_calls import forced_call_grammar
 
 MAX_STOP_STRINGS = 16
 SEED_MASK = (1 << 64) - 1  # OpenAI seeds are signed 64-bit; numpy's seed sequences take non-negative ints
@@ -31,14 +33,26 @@ class PreparedRequest:
     top_logprobs: int | None  # None: no log-probabilities; n: each token's and its n best alternatives
     stream: bool
     include_usage: bool
+    tool_names: frozenset[str] | None = None  # the tools offered: answers are parsed for calls to them
+
+
+@dataclass
+class ToolUse:
+    """What a chat request's tools and tool_choice mean here: the tools the template offers the model,
+    the names its answer is parsed for, and the grammar that forces a call (required or named)."""
+
+    offered: list[dict] | None = None
+    names: frozenset[str] | None = None
+    grammar: GrammarSpec | None = None
 
 
 def prepare_chat(engine: Engine, config: Config, req: ChatCompletionRequest) -> PreparedRequest:
     check_supported(req)
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
+    tools = tool_use(req)
     try:
-        prompt = engine.chat_prompt([m.as_template_input() for m in req.messages])
+        prompt = engine.chat_prompt([m.as_template_input() for m in req.messages], tools.offered)
     except InvalidRequestError as e:
         raise from_engine_error(e, "messages") from None
     except (jinja2.TemplateError, TypeError, ValueError) as e:  # the template choked on these messages
@@ -46,8 +60,32 @@ def prepare_chat(engine: Engine, config: Config, req: ChatCompletionRequest) -> 
                           param="messages") from None
     top = (req.top_logprobs or 0) if req.logprobs else None
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    stream = open_stream(engine, config, req, prompt, max_tokens, top)
-    return PreparedRequest([stream], [""], top, bool(req.stream), req.include_usage)
+    grammar, grammar_param = (tools.grammar, "tools") if tools.grammar else response_grammar(req)
+    stream = open_stream(engine, config, req, prompt, max_tokens, top,
+                         grammar=grammar, grammar_param=grammar_param)
+    return PreparedRequest([stream], [""], top, bool(req.stream), req.include_usage, tools.names)
+
+
+def tool_use(req: ChatCompletionRequest) -> ToolUse:
+    """tool_choice none: no tools offered; auto (the default): offered, the answer parsed for calls;
+    required / a named function: offered, and a grammar makes the answer one call (of that function)."""
+    tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
+    choice = req.tool_choice
+    if not tools:
+        if choice not in (None, "none", "auto"):
+            raise bad_request("tool_choice requires tools", param="tool_choice")
+        return ToolUse()
+    names = [t["function"]["name"] for t in tools]
+    if len(set(names)) != len(names):
+        raise bad_request("tools: function names must be unique", param="tools")
+    if choice == "none":
+        return ToolUse()
+    if choice in (None, "auto"):
+        return ToolUse(tools, frozenset(names))
+    name = None if choice == "required" else choice.function.name
+    if name is not None and name not in names:
+        raise bad_request(f"tool_choice names {name!r}, which is not among the tools", param="tool_choice")
+    return ToolUse(tools, frozenset(names), GrammarSpec("lark", forced_call_grammar(tools, name)))
 
 
 def prepare_completion(engine: Engine, config: Config, req: CompletionRequest) -> PreparedRequest:
@@ -59,6 +97,7 @@ def prepare_completion(engine: Engine, config: Config, req: CompletionRequest) -
     if req.echo and req.logprobs is not None:
         raise bad_request("echo with logprobs is not supported (prompt log-probabilities are not computed)",
                           param="echo")
+    grammar, grammar_param = response_grammar(req)
     prompts = split_prompts(req.prompt)
     streams, echo = [], []
     for i, prompt in enumerate(prompts):
@@ -67,7 +106,8 @@ def prepare_completion(engine: Engine, config: Config, req: CompletionRequest) -
             tokens = engine.tokenize(prompt)
         except InvalidRequestError as e:
             raise from_engine_error(e, param) from None
-        streams.append(open_stream(engine, config, req, tokens, req.max_tokens, req.logprobs))
+        streams.append(open_stream(engine, config, req, tokens, req.max_tokens, req.logprobs,
+                                   grammar=grammar, grammar_param=grammar_param))
         if req.echo:
             echo.append(prompt if isinstance(prompt, str) else engine.tokenizer.detokenize(prompt))
         else:
@@ -106,6 +146,8 @@ def open_stream(
     prompt: Sequence[int],
     max_tokens: int | None,
     top_logprobs: int | None,
+    grammar: GrammarSpec | None = None,
+    grammar_param: str | None = None,
 ) -> Iterator[GenerationResponse]:
     """The engine stream for one prompt. max_tokens: the request's, else the configured default; capped by
     the configured limit and by the room the prompt leaves in the context."""
@@ -127,6 +169,33 @@ def open_stream(
             top_k=pick(req.top_k, defaults.top_k),
             min_p=pick(req.min_p, defaults.min_p),
             seed=None if req.seed is None else req.seed & SEED_MASK,
+            grammar=grammar,
         )
+    except GrammarError as e:  # a schema, grammar or regex that does not compile
+        raise from_engine_error(e, grammar_param) from None
     except InvalidRequestError as e:  # a sampling value or drafter the engine refuses
         raise from_engine_error(e) from None
+
+
+def response_grammar(req: GenerationFields) -> tuple[GrammarSpec | None, str | None]:
+    """What the output must match and the field that asked: response_format (json_object, json_schema),
+    llama-server's `grammar` (GBNF) or `json_schema`, or `quickdraft.regex`. At most one may be given."""
+    asked: list[tuple[str, GrammarSpec]] = []
+    fmt = req.response_format
+    if fmt is not None and fmt.type == "json_object":
+        spec = GrammarSpec("json_schema", fmt.schema_) if fmt.schema_ is not None else GrammarSpec("json_object")
+        asked.append(("response_format", spec))
+    if fmt is not None and fmt.type == "json_schema":
+        schema = fmt.json_schema.schema_
+        spec = GrammarSpec("json_schema", schema) if schema is not None else GrammarSpec("json_object")
+        asked.append(("response_format", spec))
+    if req.grammar is not None:
+        asked.append(("grammar", GrammarSpec("gbnf", req.grammar)))
+    if req.json_schema is not None:
+        asked.append(("json_schema", GrammarSpec("json_schema", req.json_schema)))
+    if req.quickdraft is not None and req.quickdraft.regex is not None:
+        asked.append(("quickdraft.regex", GrammarSpec("regex", req.quickdraft.regex)))
+    if len(asked) > 1:
+        names = ", ".join(name for name, _ in asked)
+        raise bad_request(f"give one way to constrain the output, not several ({names})", param=asked[1][0])
+    return (asked[0][1], asked[0][0]) if asked else (None, None)

@@ -8,9 +8,9 @@ with a clear message by the endpoint, not here.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from quickdraft.server.errors import APIError, bad_request
 
@@ -25,10 +25,38 @@ class StreamOptions(_Body):
 
 class QuickdraftOptions(_Body):
     """quickdraft's own extension: `"quickdraft": {"draft": "none", "k": 2}` picks the drafter (one of the
-    engine's: none, ngram, model, ...) and the draft tokens per round for this request only."""
+    engine's: none, ngram, model, ...) and the draft tokens per round for this request only; `regex` makes
+    the output match a regular expression."""
 
     draft: str | None = None
     k: int | None = Field(None, ge=1, le=16)
+    regex: str | None = None  # the output must match this regular expression (quickdraft.constraint)
+
+
+# ---- structured outputs (quickdraft.constraint) -------------------------------------------------------------
+class JSONSchemaSpec(_Body):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # absent: any JSON object
+    strict: bool | None = None  # the schema is always enforced
+
+
+class ResponseFormat(_Body):
+    """OpenAI's response_format: text (no constraint), json_object (any JSON object; llama-server also takes
+    a `schema` here) or json_schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaSpec | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError('type "json_schema" needs a json_schema object: {"name": ..., "schema": {...}}')
+        return self
+
+
+# ---- end of structured outputs ------------------------------------------------------------------------------
 
 
 class GenerationFields(_Body):
@@ -37,7 +65,7 @@ class GenerationFields(_Body):
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)  # 0: the most probable token only
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     seed: int | None = None
@@ -49,6 +77,9 @@ class GenerationFields(_Body):
     presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     quickdraft: QuickdraftOptions | None = None
+    response_format: ResponseFormat | None = None
+    grammar: str | None = None  # llama-server's extension: a GBNF grammar the output must match
+    json_schema: dict[str, Any] | None = None  # llama-server's extension: a JSON schema the output must match
 
     @property
     def include_usage(self) -> bool:
@@ -65,15 +96,61 @@ class ContentPart(_Body):
     text: str | None = None
 
 
+# ---- tools (quickdraft.tool_calls) ------------------------------------------------------------------------
+class FunctionCall(_Body):
+    name: str
+    arguments: str  # JSON text
+
+
+class MessageToolCall(_Body):
+    """A call the assistant made, as a client sends it back in the history."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDefinition(_Body):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+    strict: bool | None = None
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
+# ---- end of tools ------------------------------------------------------------------------------------------
+
+
 class ChatMessage(_Body):
     role: str
     content: str | list[ContentPart] | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message: which call it answers
+    name: str | None = None
 
     def as_template_input(self) -> dict:
         content = self.content
         if isinstance(content, list):
             content = [part.model_dump() for part in content]
-        return {"role": self.role, "content": content}
+        out = {"role": self.role, "content": content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 class ChatCompletionRequest(GenerationFields):
@@ -81,6 +158,9 @@ class ChatCompletionRequest(GenerationFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(GenerationFields):

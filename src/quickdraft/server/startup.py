@@ -1,0 +1,242 @@
+"""The ASGI app `quickdraft serve` runs: the OpenAI app (app.py) once its engine is loaded, and its lifecycle
+around it: waiting for nodes and RPC workers at start, and swapping the target while the workers stay up.
+
+    host = ServingHost(config)            # then: uvicorn.Server(uvicorn.Config(host, ...)).run()
+
+- **Start in any order.** The server listens at once. A background thread waits for the target's node or RPC
+  workers (quickdraft.node.readiness: backoff, up to `nodes.wait` seconds), then loads the engine. Until
+  then `GET /health` answers 503 with what it waits for, and every other route a 503 OpenAI error with
+  Retry-After. If they never come up, the server stops with the reason (`failed`).
+- **Swap.** `POST /v1/quickdraft/admin/swap {"model": NAME}` (behind the API key, when one is set) loads
+  another target: new requests wait, running ones finish, the old engine is closed (freeing its memory on
+  the RPC workers, whose processes stay up), the new one is loaded with the same workers, draft and settings.
+  If the new one cannot be loaded, the old one is loaded again and the swap answers the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from contextlib import AsyncExitStack
+from typing import Callable
+
+from starlette.responses import JSONResponse
+
+from quickdraft.config import Config
+from quickdraft.server.errors import APIError
+
+log = logging.getLogger("quickdraft.server")
+
+SWAP_PATH = "/v1/quickdraft/admin/swap"
+OPEN_PATHS = ("/health", "/metrics")  # not counted as requests in flight
+SWAP_WAIT_SECONDS = 600.0  # the most a request waits for a swap to finish
+
+
+def close_engine(engine) -> None:
+    """Free the engine's models (and their memory on RPC workers) and its node connections."""
+    for part in [engine.target, *engine.drafters.values()]:
+        close = getattr(part, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as e:  # closing is best effort: the process may be on its way out
+                log.warning("closing %s: %s", type(part).__name__, e)
+
+
+class ServingHost:
+    def __init__(self, config: Config, *, models: dict[str, dict] | None = None,
+                 on_fatal: Callable[[], None] = lambda: None):
+        """models: swappable targets by name -> {"path": ..., "ctx": ...} (the cluster's models)."""
+        self.config = config
+        self.models = models or {}
+        self.on_fatal = on_fatal  # called when the engine cannot be started: the server should stop
+        self.state = "starting"  # starting -> ready <-> swapping; or failed
+        self.waiting: dict[str, str] = {}
+        self.error: str | None = None
+        self.engine = None
+        self.app = None
+        self.in_flight = 0
+        self._lifespans = AsyncExitStack()
+        self._ready: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._swap_lock: asyncio.Lock | None = None
+
+    # ---- ASGI -------------------------------------------------------------------------------------------
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await self._lifespan(receive, send)
+        if scope["type"] != "http":
+            return
+        path = scope.get("path", "")
+        if path == SWAP_PATH and scope.get("method") == "POST":
+            return await self._swap_route(scope, receive, send)
+        if self.state == "swapping" and path not in OPEN_PATHS:
+            try:
+                await asyncio.wait_for(self._ready.wait(), SWAP_WAIT_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+        if self.state != "ready":
+            return await self._not_ready(path)(scope, receive, send)
+        if path in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def _lifespan(self, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._ready, self._idle, self._swap_lock = asyncio.Event(), asyncio.Event(), asyncio.Lock()
+                self._idle.set()
+                asyncio.get_running_loop().create_task(self._start())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self._lifespans.aclose()
+                if self.engine is not None:
+                    await asyncio.to_thread(close_engine, self.engine)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _not_ready(self, path: str) -> JSONResponse:
+        if self.state == "failed":
+            why, status = f"the server could not start: {self.error}", "failed"
+        elif self.state == "swapping":
+            why, status = "the target is being swapped", "swapping"
+        else:
+            waiting = "; ".join(f"{name} ({reason})" for name, reason in self.waiting.items())
+            why, status = (f"the server is starting: waiting for {waiting}" if waiting
+                           else "the server is starting: loading the models"), "starting"
+        if path == "/health":
+            return JSONResponse({"status": status, "waiting_for": self.waiting, "message": why}, status_code=503,
+                                headers={"Retry-After": "2"})
+        return APIError(503, why, type="server_error", code=f"server_{status}",
+                        headers={"Retry-After": "2"}).response()
+
+    # ---- start: wait for the backends, load the engine --------------------------------------------------
+    async def _start(self) -> None:
+        try:
+            await asyncio.to_thread(self._wait_and_load, self.config)
+            await self._mount(self.config)
+        except Exception as e:
+            self.state, self.error = "failed", f"{type(e).__name__}: {e}"
+            log.error("cannot serve: %s", e)
+            self.on_fatal()
+
+    def _wait_and_load(self, config: Config) -> None:
+        from quickdraft.node.readiness import needed_backends, wait_until_ready
+
+        backends = needed_backends(config.nodes.keyed(config.models.target), config.nodes.rpc)
+        wait_until_ready(backends, config.nodes.wait, on_change=self._set_waiting)
+        log.info("loading target %s, draft %s", config.models.target, config.models.draft)
+        self.engine = config.models.load_engine(config.nodes, config.placement)
+
+    def _set_waiting(self, waiting: dict[str, str]) -> None:
+        self.waiting = waiting
+
+    async def _mount(self, config: Config) -> None:
+        from quickdraft.server.app import create_app
+
+        app = create_app(self.engine, config)
+        await self._lifespans.enter_async_context(app.router.lifespan_context(app))
+        self.app, self.config, self.state = app, config, "ready"
+        self._ready.set()
+        engine = self.engine
+        log.info("serving %s (drafter %s, k=%d, context %d)", config.models.served_name(engine.target.name), engine.default_draft,
+                 engine.default_k, engine.target.n_ctx)
+
+    # ---- swap -------------------------------------------------------------------------------------------
+    async def _swap_route(self, scope, receive, send):
+        from starlette.requests import Request
+
+        request = Request(scope, receive)
+        try:
+            self._check_key(request)
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError:
+                raise APIError(400, "the body must be JSON: {\"model\": NAME}") from None
+            name = body.get("model") if isinstance(body, dict) else None
+            if not isinstance(name, str) or not name:
+                raise APIError(400, "name the model to swap to: {\"model\": NAME}", param="model")
+            if self.state not in ("ready", "swapping"):
+                raise APIError(503, "the server is not serving yet", type="server_error", code="server_starting")
+            response = JSONResponse(await self.swap(name))
+        except APIError as e:
+            response = e.response()
+        await response(scope, receive, send)
+
+    def _check_key(self, request) -> None:
+        key = self.config.server.api_key
+        if not key:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise APIError(401, "missing or incorrect API key: send the header 'Authorization: Bearer <key>'",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    def _swapped_config(self, name: str) -> Config:
+        model = self.models.get(name)
+        data = self.config.model_dump()
+        if model is not None:
+            data["models"].update(target=model["path"], name=name, ctx=model.get("ctx") or data["models"]["ctx"])
+        else:  # a model name (quickdraft models) or a .gguf path
+            data["models"].update(target=name, name=None)
+        return Config.model_validate(data)
+
+    async def swap(self, name: str) -> dict:
+        """Load another target: new requests wait, running ones finish first. {"model", "previous"}."""
+        async with self._swap_lock:
+            old_config, new_config = self.config, self._swapped_config(name)
+            self.state = "swapping"
+            self._ready.clear()
+            log.info("swap to %s: waiting for %d running request(s)", name, self.in_flight)
+            await self._idle.wait()
+            await self._lifespans.aclose()
+            self._lifespans = AsyncExitStack()
+            await asyncio.to_thread(close_engine, self.engine)
+            self.engine = None
+            try:
+                await asyncio.to_thread(self._wait_and_load, new_config)
+            except Exception as e:
+                log.error("swap to %s failed (%s); loading %s again", name, e, old_config.models.served_name())
+                try:
+                    await asyncio.to_thread(self._wait_and_load, old_config)
+                except Exception as again:  # neither loads: nothing left to serve
+                    self.state, self.error = "failed", f"swap failed and the previous target did not load: {again}"
+                    self._ready.set()
+                    self.on_fatal()
+                    raise APIError(500, self.error, type="server_error", code="swap_failed") from None
+                await self._mount(old_config)
+                raise APIError(400, f"cannot swap to {name!r}: {type(e).__name__}: {e}", param="model",
+                               code="swap_failed") from None
+            await self._mount(new_config)
+            return {"object": "quickdraft.swap", "model": new_config.models.served_name(),
+                    "previous": old_config.models.served_name()}
+
+
+def serve(config: Config, *, models: dict[str, dict] | None = None) -> int:
+    """Run the server until it is stopped; 1 if the engine could not be started."""
+    import uvicorn
+
+    server_config = config.server
+    host = ServingHost(config, models=models)
+    server = uvicorn.Server(uvicorn.Config(host, host=server_config.host, port=server_config.port,
+                                           log_level=server_config.log_level, timeout_graceful_shutdown=5))
+
+    def stop() -> None:
+        server.should_exit = True
+
+    host.on_fatal = stop
+    log.info("listening on http://%s:%d (loading in the background; /health answers 503 until ready)",
+             server_config.host, server_config.port)
+    server.run()
+    return 1 if host.state == "failed" else 0
+
