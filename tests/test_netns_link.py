@@ -36,14 +36,16 @@ def link():
 
 @pytest.fixture(scope="module")
 def nodes(link):
-    far = NodeProcess(TARGET, "target", host="0.0.0.0", netns=link.namespace, cpus="0")
+    key = "netns-link-test-key"  # a node listening off loopback needs one (quickdraft.node.auth)
+    far = NodeProcess(TARGET, "target", host="0.0.0.0", netns=link.namespace, cpus="0",
+                      env={"QUICKDRAFT_NODE_KEY": key})
     near = NodeProcess(TARGET, "target", cpus="0")
     draft = NodeProcess(DRAFT, "draft", cpus="1")
     try:
         for node in (far, near, draft):
             node.start()
         host, port = link.expose(far.port)
-        yield f"node://{host}:{port}", near.url, draft.url
+        yield f"node://{host}:{port}?key={key}", near.url, draft.url
     finally:
         for node in (far, near, draft):
             node.stop()

@@ -79,7 +79,7 @@ class ModelsConfig(_Section):
         if self.name:
             return self.name
         if self.target == "auto" and loaded:
-            return loaded
+            return Path(loaded).stem if loaded.endswith(".gguf") else loaded
         path = Path(self.target)
         return path.stem if path.suffix == ".gguf" else self.target
 

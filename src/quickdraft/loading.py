@@ -8,6 +8,7 @@ is always loaded with the same settings and capped to the same exact K.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Sequence
 
 from quickdraft import model_store
@@ -29,7 +30,8 @@ def open_model(spec: str, *, n_ctx: int = 4096, threads: int | None = None, exac
         from quickdraft.node.rpc import check_workers
 
         check_workers(rpc_servers)  # another llama.cpp version's worker would abort this process in llama.cpp
-    model = LlamaModel(model_store.resolve(spec), n_ctx=n_ctx, threads=threads, name=str(spec), exact=exact,
+    name = Path(spec).stem if str(spec).endswith(".gguf") else str(spec)  # a path: its file name
+    model = LlamaModel(model_store.resolve(spec), n_ctx=n_ctx, threads=threads, name=name, exact=exact,
                        rpc_servers=rpc_servers, n_gpu_layers=gpu_layers, main_gpu=main_gpu)
     report_placement(model)
     return model
