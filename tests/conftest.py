@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from importlib import resources
 
 import pytest
@@ -14,6 +19,53 @@ DRAFT = "gemma-3-270m"  # Q4_K_M
 def load_prompts(name: str = "spec_bench.jsonl") -> list[dict]:
     text = resources.files("quickdraft").joinpath("data", "prompts", name).read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"rpc-worker exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"rpc-worker did not listen on {port} within {timeout} s")
+
+
+@contextmanager
+def rpc_worker_process():
+    """`quickdraft rpc-worker` (llama.cpp's rpc-server) on a free loopback port, one thread: its HOST:PORT.
+    Skips the test where rpc-server cannot be built. Each module starts its own: rpc-server serves one client
+    at a time, and a process that used it may still hold its connection."""
+    from quickdraft.llama_build import BuildError
+    from quickdraft.node.rpc import worker_binary
+
+    try:
+        worker_binary()  # found, or built now with its progress printed
+    except BuildError as e:
+        print(f"SKIP: llama.cpp's rpc-server cannot be built here: {e}")
+        pytest.skip(f"rpc-server cannot be built on this machine: {e}")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "quickdraft", "rpc-worker", "--port", str(port), "--threads", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc, timeout=60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +80,28 @@ def smol_engine():
     from quickdraft import Engine
 
     return Engine.load("smollm2-135m", "ngram", k=4, threads=2)
+
+
+@pytest.fixture(scope="session")
+def smol_server():
+    """A real `quickdraft serve` of the demo chat model smollm2-135m with n-gram drafting (the HTTP clients'
+    tests share it)."""
+    from quickdraft.server.process import ServerProcess
+
+    with ServerProcess("--target", "smollm2-135m", "--draft", "ngram") as s:
+        yield s
+
+
+WEATHER_TOOL = {  # a function tool in OpenAI's shape, with a schema a grammar can enforce
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"type": "string", "enum": ["C", "F"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}

@@ -14,7 +14,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from quickdraft.server.process import ServerProcess
+from conftest import WEATHER_TOOL
 
 MODEL = "smollm2-135m"
 ASK_CITY = "Name a city in France and its country."
@@ -33,26 +33,13 @@ CITY_SCHEMA = {
     "required": ["name", "country"],
     "additionalProperties": False,
 }
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"type": "string", "enum": ["C", "F"]}},
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
+WEATHER = WEATHER_TOOL
 ASK_WEATHER = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 
 
 @pytest.fixture(scope="module")
-def server():
-    with ServerProcess("--target", MODEL, "--draft", "ngram") as s:
-        yield s
+def server(smol_server):
+    return smol_server
 
 
 @pytest.fixture(scope="module")

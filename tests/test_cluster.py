@@ -112,11 +112,12 @@ def test_up_serves_the_target_over_the_worker_with_the_draft_node(cluster, refer
     status = json.loads(cluster_cli("status", "--json", config=cluster["config"]).stdout)
     (worker,) = status["workers"]
     assert worker["reachable"] and worker["in_use"]  # the server holds the worker's one connection
+    assert worker["rpc_protocol"].count(".") == 2 and worker["total_bytes"] > 0  # as the server saw it
     (node,) = status["nodes"]
     assert node["reachable"] and node["model"] == MODEL and node["rss_bytes"] > 0 and node["round_trip_ms"] > 0
     assert status["server"]["health"]["status"] == "ok" and status["server"]["model"] == "smol"
     text = cluster_cli("status", config=cluster["config"]).stdout
-    assert "draft node" in text and "in use by a coordinator" in text and "serving smol" in text
+    assert "draft node" in text and "in use by the server's target" in text and "serving smol" in text
 
 
 def test_a_draft_node_killed_mid_request_changes_nothing(cluster, references):

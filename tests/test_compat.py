@@ -13,23 +13,12 @@ import httpx
 import jsonschema
 import pytest
 
+from conftest import WEATHER_TOOL
 from quickdraft.server.process import ServerProcess
 
 MODEL = "smollm2-135m"
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"type": "string", "enum": ["C", "F"]}},
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
+WEATHER = WEATHER_TOOL
 TIME = {"type": "function", "function": {"name": "get_time", "description": "The time in a time zone",
                                          "parameters": {"type": "object", "properties": {"zone": {"type": "string",
                                                                                                    "maxLength": 12}},
@@ -38,9 +27,8 @@ ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 
 
 @pytest.fixture(scope="module")
-def server():
-    with ServerProcess("--target", MODEL, "--draft", "ngram") as s:
-        yield s
+def server(smol_server):
+    return smol_server
 
 
 @pytest.fixture(scope="module")

@@ -253,3 +253,59 @@ def test_completion_with_llama_server_extensions(api):
     r = api.post("/v1/completions", json={"prompt": "A person:", "max_tokens": 64, "json_schema": PERSON})
     assert r.status_code == 200, r.text
     jsonschema.validate(json.loads(r.json()["choices"][0]["text"]), PERSON)
+
+
+# ---- through a target node: the node applies the grammar itself ---------------------------------------------
+@pytest.fixture(scope="module")
+def smol_node(smol_engine):
+    """A target node in this process over smol_engine's own model (used by one engine at a time)."""
+    from quickdraft.node.server import NodeServer
+    from quickdraft.node.service import NodeService
+
+    server = NodeServer(NodeService(smol_engine.target.model, "target")).start()
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def smol_remote(smol_node):
+    from quickdraft.engine import Engine
+
+    engine = Engine.load(smol_node.url, "ngram", k=4)
+    yield engine
+    engine.target.close()
+
+
+@pytest.mark.parametrize("spec", [GrammarSpec("json_schema", PERSON), GrammarSpec("gbnf", ANSWER_GBNF)],
+                         ids=["json_schema", "gbnf"])
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 0.8, "seed": 11}], ids=["greedy", "seeded"])
+def test_a_target_node_applies_the_grammar_as_the_local_target(smol_engine, smol_remote, smol_prompt, spec,
+                                                                sampling):
+    assert smol_remote.target.supports_grammar
+    for draft in ["none", "ngram"]:
+        local = smol_engine.generate(smol_prompt, max_tokens=MAX_TOKENS, grammar=spec, draft=draft, **sampling)
+        remote = smol_remote.generate(smol_prompt, max_tokens=MAX_TOKENS, grammar=spec, draft=draft, **sampling)
+        assert remote.tokens == local.tokens, draft
+    if spec.kind == "json_schema" and not sampling:
+        check_person(remote)
+
+
+def test_a_target_node_cuts_a_draft_its_grammar_rejects_and_refuses_a_bad_grammar(smol_engine):
+    from quickdraft.node import protocol as p
+    from quickdraft.node.service import NodeService
+    from quickdraft.sampling import SamplingParams
+
+    tok = smol_engine.tokenizer
+    service = NodeService(smol_engine.target.model, "target")
+    prompt = tok.tokenize("Pick a number:", add_special=True)
+    greedy = p.encode_sampling(SamplingParams())
+    bad = service.handle({"op": "open", "tokens": prompt, "sampling": greedy, "prompt_len": len(prompt),
+                          "grammar": {"kind": "regex", "value": "[a-"}})
+    assert bad["error"] == "bad_request" and "regex" in bad["message"]
+    opened = service.handle({"op": "open", "tokens": prompt, "sampling": greedy, "prompt_len": len(prompt),
+                             "grammar": p.encode_grammar(GrammarSpec("regex", "[0-9]{1,6}"))})
+    letters = tok.tokenize(" hello world", add_special=False)
+    reply = service.handle({"op": "verify", "session": opened["session"], "base": len(prompt), "extend": [],
+                            "draft": letters})
+    assert reply["n_accepted"] == 0  # not one letter is accepted: the grammar allows digits only
+    assert re.fullmatch("[0-9]+", tok.detokenize([reply["token"]]))

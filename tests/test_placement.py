@@ -8,9 +8,6 @@ which the read-back shows (every layer on the CPU). Real offloading is checked t
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import yaml
 
@@ -163,24 +160,10 @@ def test_speculation_off_message_names_inexact():
 # ---- real offloading: llama.cpp's RPC backend, a device like a GPU -----------------------------------------------
 @pytest.fixture(scope="module")
 def rpc_worker():
-    from test_rpc_worker import free_port, wait_for_port
+    from conftest import rpc_worker_process
 
-    from quickdraft.llama_build import BuildError
-    from quickdraft.node.rpc import worker_binary
-
-    try:
-        worker_binary()
-    except BuildError as e:
-        pytest.skip(f"rpc-server cannot be built on this machine: {e}")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "quickdraft", "rpc-worker", "--port", str(port), "--threads", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc, timeout=60)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with rpc_worker_process() as endpoint:
+        yield endpoint
 
 
 @pytest.mark.parametrize("asked", [5, ALL_LAYERS, 0])

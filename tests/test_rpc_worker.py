@@ -6,14 +6,9 @@ Skipped, with the reason printed, only when rpc-server cannot be built on this m
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-
 import pytest
 
-from conftest import TARGET
+from conftest import TARGET, free_port, rpc_worker_process
 from quickdraft import Engine, model_store
 from quickdraft.errors import ModelLoadError
 from quickdraft.llama_model import LlamaModel
@@ -22,48 +17,10 @@ from quickdraft.node.launch import NodeProcess
 MAX_TOKENS = 32
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"rpc-worker exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"rpc-worker did not listen on {port} within {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def rpc_worker():
-    from quickdraft.llama_build import BuildError
-    from quickdraft.node.rpc import worker_binary
-
-    try:
-        worker_binary()  # found, or built now with its progress printed
-    except BuildError as e:
-        print(f"SKIP: llama.cpp's rpc-server cannot be built here: {e}")
-        pytest.skip(f"rpc-server cannot be built on this machine: {e}")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "quickdraft", "rpc-worker", "--port", str(port), "--threads", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc, timeout=60)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    with rpc_worker_process() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")

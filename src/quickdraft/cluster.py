@@ -21,7 +21,8 @@ config's `nodes.key` (or QUICKDRAFT_NODE_KEY): `up` hands it to the nodes it sta
   each with a pid file and a log under run_dir; down stops them (only processes whose pid files it wrote and
   that still run quickdraft);
 - status probes every worker (RPC protocol version, device memory, round trip) and node (quickdraft and
-  protocol versions, model, memory, round trip) and the server's /health;
+  protocol versions, model, memory, round trip) and the server's /health; a worker the server's target uses
+  answers nobody else (rpc-server serves one client), so its figures are the server's, from when it connected;
 - swap asks the server to load another of `models` (POST /v1/quickdraft/admin/swap, with the API key): new
   requests wait, running ones finish, the workers stay up.
 """
@@ -319,18 +320,32 @@ def server_status(config: "Config") -> dict:
         status = httpx.get(f"{root}/v1/quickdraft/status", headers=_auth_headers(config), timeout=3)
         if status.status_code == 200:
             body = status.json()
-            out.update(model=body.get("model"), version=body.get("version"), engine=body.get("engine"))
+            out.update(model=body.get("model"), version=body.get("version"), engine=body.get("engine"),
+                       target_process=body.get("target_process"))
     return out
+
+
+def fill_in_use_workers(workers: list[dict], server: dict) -> None:
+    """A worker the server's target uses answers nobody else: show what it said when the server's target node
+    connected to it (`as_of`), from the server's status."""
+    said = {w["endpoint"]: w for w in ((server.get("target_process") or {}).get("rpc_workers") or [])}
+    for w in workers:
+        if w.get("in_use") and w["endpoint"] in said:
+            known = said[w["endpoint"]]
+            w.update({k: known[k] for k in ("rpc_protocol", "devices", "free_bytes", "total_bytes", "round_trip_ms")},
+                     as_of=known["probed_at"])
 
 
 def status(config: "Config") -> dict:
     cluster = _cluster(config)
     run_dir = cluster.run_path
+    workers, server = [worker_status(w, run_dir) for w in cluster.workers], server_status(config)
+    fill_in_use_workers(workers, server)
     return {
-        "workers": [worker_status(w, run_dir) for w in cluster.workers],
+        "workers": workers,
         "nodes": [node_status(n, config.nodes.key, run_dir) for n in cluster.nodes],
         "models": [m.model_dump() for m in cluster.models],
-        "server": server_status(config),
+        "server": server,
     }
 
 
@@ -342,6 +357,10 @@ def format_status(s: dict) -> str:
     for w in s["workers"]:
         if not w["reachable"]:
             state = f"DOWN ({w.get('error')})"
+        elif w.get("in_use") and "as_of" in w:
+            state = (f"up, in use by the server's target, RPC protocol {w['rpc_protocol']}, {mb(w['free_bytes'])} "
+                     f"free of {mb(w['total_bytes'])} when it connected "
+                     f"{time.strftime('%H:%M:%S', time.localtime(w['as_of']))}")
         elif w.get("in_use"):
             state = "up, in use by a coordinator (rpc-server serves one client at a time)"
         elif w.get("error"):

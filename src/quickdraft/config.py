@@ -83,20 +83,23 @@ class ModelsConfig(_Section):
         path = Path(self.target)
         return path.stem if path.suffix == ".gguf" else self.target
 
-    def load_engine(self, nodes: "NodesConfig | None" = None, placement: Placement | None = None) -> "Engine":
+    def load_engine(self, nodes: "NodesConfig | None" = None, placement: Placement | None = None, *,
+                    target_node: str | None = None) -> "Engine":
+        """target_node: where `target` runs when serve started it in a node of its own (node.supervisor)."""
         from quickdraft.engine import Engine
 
         nodes = nodes or NodesConfig()
         return Engine.load(
-            nodes.keyed(self.target),
+            target_node or nodes.keyed(self.target),
             nodes.keyed(self.draft),
             k=self.k,
             n_ctx=self.ctx,
             threads=self.threads,
             chat_template=self.chat_template,
             exact=self.exact,
-            rpc_servers=nodes.rpc,
+            rpc_servers=() if target_node else nodes.rpc,
             placement=placement,
+            draft_for=self.target if target_node else None,
         )
 
 
@@ -154,6 +157,10 @@ class NodesConfig(_Section):
                            "a local target's layers (how many: placement.target.gpu_layers; auto: all)")
     wait: float = Field(120.0, ge=0, description="seconds serve waits for its target node and RPC workers to "
                         "come up (backoff; /health answers 503 meanwhile)")
+    rpc_in_process: bool = Field(
+        False, description="false: a target over RPC workers runs in a child node process that serve restarts, "
+        "so a worker that dies fails the running request (503) instead of ending serve (llama.cpp aborts the "
+        "process that uses a dead worker); true: in serve's own process, one loopback hop less per round")
 
     def keyed(self, spec: str) -> str:
         from quickdraft.node import is_node_url

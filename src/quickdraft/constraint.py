@@ -72,8 +72,10 @@ def llguidance_grammar(spec: GrammarSpec) -> str:
 class Constraint:
     """One request's grammar, following the tokens emitted so far."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, n_vocab: int, end_tokens: Sequence[int]):
+    def __init__(self, matcher: llguidance.LLMatcher, n_vocab: int, end_tokens: Sequence[int],
+                 spec: GrammarSpec | None = None):
         self.matcher = matcher
+        self.spec = spec  # what it was compiled from (a target node compiles it again on its side)
         self.n_vocab = n_vocab
         self.end_tokens = frozenset(end_tokens)  # end-of-generation tokens: allowed where the grammar may end
 
@@ -84,7 +86,7 @@ class Constraint:
         matcher = llguidance.LLMatcher(tokenizer, llguidance_grammar(spec), log_level=0)
         if matcher.is_error():
             raise GrammarError(f"invalid {spec.kind} grammar: {matcher.get_error().strip()}")
-        return cls(matcher, n_vocab, tokenizer.eos_tokens)
+        return cls(matcher, n_vocab, tokenizer.eos_tokens, spec)
 
     def valid_prefix(self, draft: Sequence[int]) -> int:
         """How many leading draft tokens the grammar accepts from here. The draft stops before an

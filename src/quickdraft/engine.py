@@ -72,6 +72,7 @@ class Engine:
         rpc_servers: Sequence[str] = (),
         gpu_layers: int | None = None,
         placement: Placement | None = None,
+        draft_for: str | None = None,
     ) -> "Engine":
         """target: a model name or path. draft: "auto" (adaptive, over n-gram and the draft model
         quickdraft.hardware picks for the target, if any), "ngram", "none", or a draft model name or path.
@@ -82,7 +83,9 @@ class Engine:
         rpc_servers: llama.cpp rpc-server workers (HOST:PORT) for a local target's layers; gpu_layers: how many
         go there (default: all, with workers).
         placement: each model's GPU layers, GPU and threads (quickdraft.placement; default auto: the planner's
-        GPU layers where llama.cpp has a GPU, none without one); threads is both models' unless theirs is set."""
+        GPU layers where llama.cpp has a GPU, none without one); threads is both models' unless theirs is set.
+        draft_for: for a node target, the model it serves, whose draft model `auto` then adds (serve's target
+        over RPC workers runs in a node of its own: quickdraft.node.supervisor)."""
         check_k(k)
         draft = draft or "none"
         model_spec = draft if draft not in ("auto", "none", "ngram") else None
@@ -91,8 +94,8 @@ class Engine:
             log.info("target auto: %s", "; ".join(reasons))
             if draft == "auto":
                 model_spec = planned_draft
-        elif draft == "auto" and not is_node_url(target):
-            model_spec = pick_draft(str(target))
+        elif draft == "auto" and (draft_for or not is_node_url(target)):
+            model_spec = pick_draft(str(draft_for or target))
         on_target, on_draft = resolve_placement(placement, target=target, draft=model_spec, n_ctx=n_ctx,
                                                 threads=threads, rpc=bool(rpc_servers))
         target_backend, tokenizer = load_target(
@@ -180,8 +183,8 @@ class Engine:
             return None
         if not self.target.supports_grammar:
             raise InvalidRequestError(
-                f"the target {self.target.name} runs on a node, which cannot apply a grammar (response_format, "
-                "grammar, json_schema, regex); serve a local target for structured outputs"
+                f"the target {self.target.name} runs on a node that cannot apply a grammar (response_format, "
+                "grammar, json_schema, regex): an older quickdraft there; update it, or serve a local target"
             )
         return Constraint.compile(grammar, self.tokenizer.grammar_tokenizer(), self.target.n_vocab)
 

@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 
+from quickdraft.node.linkemu import pump
 from quickdraft.server.process import free_port
 
 PROMPT = "Once upon a time, a lighthouse keeper named"
@@ -45,23 +46,15 @@ class CountingRelay:
             upstream = socket.create_connection(self.upstream)
             for s in (client, upstream):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._pump, args=(client, upstream, "sent"), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, "received"), daemon=True).start()
+            for src, dst, counter in ((client, upstream, "sent"), (upstream, client, "received")):
+                threading.Thread(target=pump, args=(src, dst, self._counter(counter)), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, counter: str) -> None:
-        try:
-            while data := src.recv(1 << 16):
-                with self._lock:
-                    setattr(self, counter, getattr(self, counter) + len(data))
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def _counter(self, name: str):
+        def count(n: int) -> None:
+            with self._lock:
+                setattr(self, name, getattr(self, name) + n)
+
+        return count
 
     def close(self) -> None:
         self.server.close()

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Sequence
+from typing import Callable, Sequence
 
 from quickdraft.errors import QuickdraftError
 
@@ -34,21 +34,26 @@ def pin_prefix(cpus: str | None) -> list[str]:
 
 
 class NodeProcess:
-    def __init__(self, model: str, role: str, *, port: int = 0, host: str = "127.0.0.1", threads: int = 1,
+    def __init__(self, model: str, role: str, *, port: int = 0, host: str = "127.0.0.1", threads: int | None = 1,
                  cpus: str | None = None, netns: str | None = None, ctx: int = 4096, extra: Sequence[str] = (),
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, die_with_parent: bool = False,
+                 on_line: Callable[[str], None] | None = None):
+        """threads None: the node's default (physical cores). die_with_parent: the node gets SIGTERM when this
+        process dies, even by SIGKILL. on_line: called with each line the node prints."""
         self.model, self.role, self.host, self.port = model, role, host, port
         self.threads, self.cpus, self.netns, self.ctx = threads, cpus, netns, ctx
         self.extra = list(extra)
         self.env = dict(env or {})
+        self.die_with_parent, self.on_line = die_with_parent, on_line
         self.proc: subprocess.Popen | None = None
         self.url: str | None = None
         self.output: deque[str] = deque(maxlen=5000)  # the process's last lines: errors, tests
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "quickdraft", "node", "--model", self.model, "--role", self.role,
-               "--host", self.host, "--port", str(self.port), "--threads", str(self.threads),
-               "--ctx", str(self.ctx), *self.extra]
+               "--host", self.host, "--port", str(self.port), "--ctx", str(self.ctx), *self.extra]
+        if self.threads is not None:
+            cmd += ["--threads", str(self.threads)]
         cmd = pin_prefix(self.cpus) + cmd
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns] + cmd
@@ -57,15 +62,20 @@ class NodeProcess:
     def start(self, timeout: float = 300.0) -> "NodeProcess":
         """Start the node and wait (at most `timeout` s) for its `listening on` line. A target node measures
         its exact K before it listens: the first time for a model and machine, that takes a while."""
+        from quickdraft.node.rpc import parent_death_signal
+
         self.proc = subprocess.Popen(
             self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+            preexec_fn=parent_death_signal() if self.die_with_parent else None,
         )
         ready = threading.Event()
 
         def read(proc=self.proc):
             for line in proc.stdout:
                 self.output.append(line.rstrip())
+                if self.on_line is not None:
+                    self.on_line(line.rstrip())
                 if line.startswith("listening on node://"):
                     self.url = line.split("listening on ", 1)[1].strip()
                     self.port = int(self.url.rsplit(":", 1)[1])

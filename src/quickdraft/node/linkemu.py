@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Callable
 
 
 class LinkUnavailable(Exception):
@@ -136,9 +137,12 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
 
 
 # ---- the delay relay (runs inside the namespace) ----------------------------------------------------------
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def pump(src: socket.socket, dst: socket.socket, on_chunk: Callable[[int], None] | None = None) -> None:
+    """Forward src -> dst until either side closes, then shut both down. on_chunk(n) sees each chunk's size."""
     try:
         while data := src.recv(1 << 16):
+            if on_chunk is not None:
+                on_chunk(len(data))
             dst.sendall(data)
     except OSError:
         pass
@@ -207,7 +211,7 @@ def relay(listen: str, to: str, delay_ms: float) -> None:
         upstream = socket.create_connection((to_host, int(to_port)))
         for s in (client, upstream):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=_pump, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
         threading.Thread(target=_delayed_pump, args=(upstream, client, delay_ms / 1000), daemon=True).start()
 
 

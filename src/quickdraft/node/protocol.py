@@ -10,10 +10,11 @@ Ops (every op may answer an error):
 
     info    {protocol}                            -> {protocol, quickdraft, role, model, n_vocab,
                                                       vocab_fingerprint, n_ctx, max_exact_k, bos, eos,
-                                                      llama_cpp}
+                                                      llama_cpp, grammar}
     vocab   {}                                    -> {gguf: bytes}  (the model's vocabulary as a GGUF file
                                                       without tensors: the coordinator's tokenizer)
-    open    {tokens, sampling[, replace]}         -> {session}      (a request begins with these tokens;
+    open    {tokens, sampling[, replace][, grammar, prompt_len]}
+                                                  -> {session}      (a request begins with these tokens;
                                                       `replace` ends an older session of the same client)
     verify  {session, base, extend, draft[, logprobs]}
                                                   -> {n_accepted, token[, logprobs], compute_us}
@@ -32,6 +33,13 @@ have none). Sampled decoding is drafter-invariant (quickdraft.coupling): the tok
 function of the logits, the seed and the position, so a node needs nothing else to draw exactly what the
 coordinator's own process would, and a sampled draft is its token ids like a greedy one. `logprobs`
 entries are `[token, logprob, [[id, logprob], ...]]`.
+
+Structured outputs: a target node whose `info` says `grammar: true` takes the request's grammar in `open`
+(`{kind, value}`, quickdraft.constraint.GrammarSpec) with `prompt_len`, where the output begins in `tokens`.
+The node compiles it against its own vocabulary, follows the tokens after `prompt_len`, and verifies every
+draft under it exactly as the in-process target does (the client cuts drafts at the grammar's first rejected
+token first; the node cuts again, so a client's mistake cannot make it emit a token the grammar rejects).
+Masks never cross the wire. A node without the capability is never sent a grammar: the request is refused.
 
 `open` does not evaluate anything: it starts the request as the in-process engine does (`Target.start`,
 `Drafter.start`; a target whose batches round differently from single tokens empties its KV cache there,
@@ -118,6 +126,19 @@ def decode_sampling(d: object) -> SamplingParams:
     if unknown:
         raise NodeProtocolError(f"unknown sampling fields {sorted(unknown)}")
     return SamplingParams(**d)
+
+
+def encode_grammar(spec) -> dict:
+    return {"kind": spec.kind, "value": spec.value}
+
+
+def decode_grammar(d: object):
+    """The inverse of encode_grammar: a GrammarSpec (compiled, and so checked, by the node)."""
+    from quickdraft.constraint import GrammarSpec
+
+    if not isinstance(d, dict) or not isinstance(d.get("kind"), str) or set(d) - {"kind", "value"}:
+        raise NodeProtocolError(f"grammar must be a map {{kind, value}}, got {d!r:.100}")
+    return GrammarSpec(d["kind"], d.get("value"))
 
 
 def token_ids(values: object, n_vocab: int, what: str, *, limit: int | None = None) -> list[int]:

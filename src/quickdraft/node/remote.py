@@ -34,6 +34,7 @@ class NodeSession:
         self.id: int | None = None
         self.mirror: list[int] = []  # what the node's session holds, as far as this side knows
         self.sampling: SamplingParams | None = None
+        self.opening: dict = {}  # what else the session was opened with (a target's grammar)
         self.new_request = True  # the next call opens a session: `restart` was called, or none is open
         self.unevaluated = 0  # tokens the node holds but has not evaluated yet (an open's context)
         self.opened = 0
@@ -43,15 +44,16 @@ class NodeSession:
         self.new_request = True
 
     def request(self, context: list[int], sampling: SamplingParams,
-                build: Callable[[int, int, list[int]], dict]) -> dict:
+                build: Callable[[int, int, list[int]], dict], opening: dict | None = None) -> dict:
         """Send build(session, base, extend), opening the session first when a request begins (or its
-        sampling changed) and re-creating it once if the node lost it. A dropped connection is retried once
-        on a new connection; a timeout is not retried."""
+        sampling or `opening`, more fields of open, changed) and re-creating it once if the node lost it. A
+        dropped connection is retried once on a new connection; a timeout is not retried."""
         reconnected = recreated = False
+        opening = opening or {}
         while True:
             try:
-                if self.id is None or self.new_request or sampling != self.sampling:
-                    self._open(context, sampling)
+                if self.id is None or self.new_request or sampling != self.sampling or opening != self.opening:
+                    self._open(context, sampling, opening)
                 base = common_prefix_len(self.mirror, context)
                 timeout = None
                 if self.unevaluated:  # the node prefills the session's context in this call
@@ -71,8 +73,8 @@ class NodeSession:
                     raise
                 reconnected = True
 
-    def _open(self, context: list[int], sampling: SamplingParams) -> None:
-        request = {"op": "open", "tokens": list(context), "sampling": p.encode_sampling(sampling)}
+    def _open(self, context: list[int], sampling: SamplingParams, opening: dict) -> None:
+        request = {"op": "open", "tokens": list(context), "sampling": p.encode_sampling(sampling), **opening}
         if self.id is not None:
             request["replace"] = self.id
         self.id = None
@@ -80,7 +82,7 @@ class NodeSession:
         session = reply.get("session")
         if type(session) is not int:
             raise p.NodeProtocolError(f"{self.client.url} answered open without a session id: {reply!r:.200}")
-        self.id, self.sampling, self.new_request = session, sampling, False
+        self.id, self.sampling, self.opening, self.new_request = session, sampling, opening, False
         self.mirror = list(context)
         self.unevaluated = len(context)
         self.opened += 1
@@ -135,9 +137,10 @@ class RemoteTarget:
         self.n_vocab: int = info["n_vocab"]
         self.n_ctx: int = info["n_ctx"]
         self.max_k: int = max_k
-        self.supports_grammar = False  # the node protocol carries no grammar masks
+        self.supports_grammar = info.get("grammar") is True  # the node applies a request's grammar itself
         self.vocab_fingerprint: str = info["vocab_fingerprint"]
         self.session = NodeSession(self.client, prefill_seconds_per_token=_float(o, "prefill_per_token", 0.05))
+        self.prompt_len = 0  # the request's prompt length: where a grammar starts following the output
 
     def tokenizer(self):
         """The target's tokenizer, loaded here vocabulary-only (see quickdraft.node.vocab)."""
@@ -145,10 +148,16 @@ class RemoteTarget:
 
     def start(self, prompt: Sequence[int]) -> None:
         self.session.restart()  # the first verify opens the request's session on the node
+        self.prompt_len = len(prompt)
 
     def verify(self, context, draft, sampling, top_logprobs=None, allowed=None) -> Verdict:
+        """allowed: the request's grammar, whose masks the node computes itself from the grammar it was sent
+        at open (`allowed.constraint.spec`): only token ids cross the wire."""
+        opening = None
         if allowed is not None:
-            raise InvalidRequestError(f"the target node {self.url} cannot apply a grammar")
+            if not self.supports_grammar:
+                raise InvalidRequestError(f"the target node {self.url} cannot apply a grammar")
+            opening = {"grammar": p.encode_grammar(allowed.constraint.spec), "prompt_len": self.prompt_len}
         draft = list(draft)
 
         def build(session: int, base: int, extend: list[int]) -> dict:
@@ -158,7 +167,7 @@ class RemoteTarget:
             return request
 
         try:
-            reply = self.session.request(context, sampling, build)
+            reply = self.session.request(context, sampling, build, opening)
         except NodeUnavailableError as e:
             TARGET_FAILURES.labels(self.url).inc()
             raise NodeUnavailableError(f"the target node is unavailable: {e}") from None

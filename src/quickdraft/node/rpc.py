@@ -212,10 +212,10 @@ def start_worker(host: str = "127.0.0.1", port: int = DEFAULT_RPC_PORT, *, mem_m
         preexec = _limit_data(mem_mb)
     cmd = worker_command(binary, host, port, mem_mb=mem_mb, threads=threads, cache=cache, mem_flag=mem_flag)
     say(" ".join(cmd))
-    return subprocess.Popen(cmd, preexec_fn=_die_with_parent(preexec), **popen)
+    return subprocess.Popen(cmd, preexec_fn=parent_death_signal(preexec), **popen)
 
 
-def _die_with_parent(then=None):
+def parent_death_signal(then=None):
     """A preexec function: the worker gets SIGTERM when the process that started it dies, even by SIGKILL
     (Linux's PR_SET_PDEATHSIG), so a killed `quickdraft rpc-worker` leaves no rpc-server behind."""
 

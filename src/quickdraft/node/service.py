@@ -13,6 +13,9 @@ speed. (On a target that drops its prompt cache at each request, opening a sessi
 another session's next verify evaluates its context afresh: bit-exact output there is for one coordinator
 at a time.)
 
+A target session may carry the request's grammar (structured outputs): the node compiles it against its own
+vocabulary and verifies under it exactly as the in-process loop does (quickdraft.node.protocol).
+
 Sessions live until closed, replaced by their client's next `open`, or idle for `session_ttl` seconds.
 """
 
@@ -24,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 import quickdraft
+from quickdraft.constraint import Constraint, GrammarError
 from quickdraft.drafters import ModelDrafter
 from quickdraft.llama_model import LlamaModel, system_info
 from quickdraft.loading import local_target
@@ -46,6 +50,9 @@ class Session:
     tokens: list[int]  # the session's context on this node (for a draft node: plus its latest draft)
     sampling: SamplingParams  # the request's, with its seed
     last_used: float = field(default_factory=time.monotonic)
+    constraint: Constraint | None = None  # the request's grammar (a target node's structured outputs)
+    prompt_len: int = 0  # where the output, which the grammar follows, begins
+    followed: int = 0  # how many of `tokens` the constraint has followed
 
     def rebase(self, base: object, extend: list[int]) -> list[int]:
         """Keep the first `base` tokens, append `extend` (checked token ids): the client's delta."""
@@ -145,6 +152,7 @@ class NodeService:
             "rss_bytes": _rss_bytes(),  # this node process's memory (for `quickdraft cluster status`)
             "session_ttl": self.session_ttl,
             "llama_cpp": {**system_info(), "rpc_servers": list(self.model.rpc_servers)},
+            "grammar": self.target is not None,  # a target node applies a request's grammar (open's `grammar`)
         }
 
     def op_vocab(self, request: dict) -> dict:
@@ -173,13 +181,40 @@ class NodeService:
         if replaced is not None:
             self._drop(replaced, free_kv=False)  # the new session inherits the KV cache (prefix reuse)
         sid = secrets.randbits(62)
+        session = Session(sid, tokens, sampling)
+        if request.get("grammar") is not None:
+            self._require_role("target", "a grammar")
+            session.constraint, session.prompt_len = self._constraint(request), request.get("prompt_len")
+            if type(session.prompt_len) is not int or not 0 < session.prompt_len <= len(tokens):
+                raise p.NodeProtocolError(f"prompt_len must be in [1, {len(tokens)}], got {session.prompt_len!r}")
+            self._follow(session, 0)
         if self.target is not None:
             self.target.start(tokens)  # empties the KV cache where the prompt cache is off (fresh_prefill)
         else:
             self.drafter.start(tokens)
-        self.sessions[sid] = Session(sid, tokens, sampling)
+        self.sessions[sid] = session
         self.resident = sid
         return {"session": sid}
+
+    def _constraint(self, request: dict) -> Constraint:
+        try:
+            return Constraint.compile(p.decode_grammar(request["grammar"]), self.model.grammar_tokenizer(),
+                                      self.model.n_vocab)
+        except GrammarError as e:
+            raise p.NodeProtocolError(str(e)) from None
+
+    def _follow(self, s: Session, base: int) -> None:
+        """Bring the session's constraint up to its tokens; `base`: how many of them are unchanged since it
+        last followed them (a client that rewinds into the output makes it start over)."""
+        if base < s.followed:
+            s.constraint = Constraint.compile(s.constraint.spec, self.model.grammar_tokenizer(), self.model.n_vocab)
+            s.followed = s.prompt_len
+        s.followed = max(s.followed, s.prompt_len)
+        try:
+            s.constraint.advance(s.tokens[s.followed:])
+        except RuntimeError as e:  # the client sent output the grammar rejects
+            raise p.NodeProtocolError(str(e)) from None
+        s.followed = len(s.tokens)
 
     def op_close(self, request: dict) -> dict:
         (sid,) = p.require(request, "session")
@@ -198,7 +233,14 @@ class NodeService:
         top = request.get("logprobs")
         if top is not None and (type(top) is not int or not 0 <= top <= self.model.n_vocab):
             raise p.NodeProtocolError(f"logprobs must be a number of alternatives, got {top!r}")
-        verdict = self.target.verify(context, draft, s.sampling, top)
+        if s.constraint is None:
+            verdict = self.target.verify(context, draft, s.sampling, top)
+        else:  # as the in-process loop does (quickdraft.generate): cut, verify under the masks, follow
+            self._follow(s, base)
+            draft = draft[: s.constraint.valid_prefix(draft)]
+            verdict = self.target.verify(context, draft, s.sampling, top, allowed=s.constraint.masks(draft))
+            s.constraint.advance(verdict.tokens)
+            s.followed = len(context) + len(verdict.tokens)
         s.tokens = context + verdict.tokens
         reply = {"n_accepted": verdict.n_accepted, "token": verdict.tokens[-1]}
         if verdict.logprobs is not None:

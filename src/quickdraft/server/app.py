@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -44,7 +44,8 @@ log = logging.getLogger("quickdraft.server")
 GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions", "/chat/completions", "/completions")
 
 
-def create_app(engine: Engine, config: Config) -> FastAPI:
+def create_app(engine: Engine, config: Config, status_extra: Callable[[], dict] = dict) -> FastAPI:
+    """status_extra: more of /v1/quickdraft/status (serve's own: its target's node process, RPC workers)."""
     model_id = config.models.served_name(engine.target.name)
     limits = config.server.limits
     metrics = ServerMetrics(queue_waiting=lambda: scheduler.waiting, queue_running=lambda: scheduler.running)
@@ -212,6 +213,7 @@ def create_app(engine: Engine, config: Config) -> FastAPI:
             "queue": {"running": scheduler.running, "waiting": scheduler.waiting, "queue_size": limits.queue_size},
             "config": config.public_dict(),
             **metrics.snapshot(),
+            **status_extra(),
         }
 
     app.include_router(v1)

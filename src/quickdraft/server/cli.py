@@ -32,6 +32,7 @@ FLAG_KEYS = {
     "max_tokens_cap": "server.limits.max_tokens",
     "rpc": "nodes.rpc",
     "wait": "nodes.wait",
+    "rpc_in_process": "nodes.rpc_in_process",
     **placement_flag_keys(),  # --target-gpu-layers -> placement.target.gpu_layers, ...
 }
 
@@ -70,6 +71,9 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     n = p.add_argument_group("nodes and RPC workers (docs/nodes.md)")
     n.add_argument("--rpc", type=lambda v: [e.strip() for e in v.split(",") if e.strip()], metavar="HOST:PORT,...",
                    help="llama.cpp rpc-server workers (quickdraft rpc-worker) to hold the target's layers")
+    n.add_argument("--rpc-in-process", action="store_const", const=True,
+                   help="keep a target over RPC workers in serve's own process (one hop less per round; a worker "
+                   "that dies ends serve, which llama.cpp aborts) instead of a child node serve restarts")
     n.add_argument("--wait", type=float, metavar="SECONDS",
                    help="how long to wait for the target node / RPC workers to come up (default 120)")
     s = p.add_argument_group("server")

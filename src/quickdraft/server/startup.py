@@ -7,6 +7,10 @@ around it: waiting for nodes and RPC workers at start, and swapping the target w
   workers (quickdraft.node.readiness: backoff, up to `nodes.wait` seconds), then loads the engine. Until
   then `GET /health` answers 503 with what it waits for, and every other route a 503 OpenAI error with
   Retry-After. If they never come up, the server stops with the reason (`failed`).
+- **A target over RPC workers** runs in a child node process (quickdraft.node.supervisor) unless
+  `nodes.rpc_in_process`: llama.cpp aborts the process whose RPC worker dies, so the child takes that fall.
+  The running request fails with a 503, then until the child is back (it is started again once every worker
+  answers) /health and every request answer 503 naming what the server waits for (`recovering`).
 - **Swap.** `POST /v1/quickdraft/admin/swap {"model": NAME}` (behind the API key, when one is set) loads
   another target: new requests wait, running ones finish, the old engine is closed (freeing its memory on
   the RPC workers, whose processes stay up), the new one is loaded with the same workers, draft and settings.
@@ -56,6 +60,7 @@ class ServingHost:
         self.waiting: dict[str, str] = {}
         self.error: str | None = None
         self.engine = None
+        self.supervised = None  # the target's node process, for a target over RPC workers (node.supervisor)
         self.app = None
         self.in_flight = 0
         self._lifespans = AsyncExitStack()
@@ -77,7 +82,7 @@ class ServingHost:
                 await asyncio.wait_for(self._ready.wait(), SWAP_WAIT_SECONDS)
             except asyncio.TimeoutError:
                 pass
-        if self.state != "ready":
+        if self.state != "ready" or (self.waiting and path != "/metrics"):  # starting, or the target recovering
             return await self._not_ready(path)(scope, receive, send)
         if path in OPEN_PATHS:
             return await self.app(scope, receive, send)
@@ -100,8 +105,7 @@ class ServingHost:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self._lifespans.aclose()
-                if self.engine is not None:
-                    await asyncio.to_thread(close_engine, self.engine)
+                await asyncio.to_thread(self._close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -110,6 +114,9 @@ class ServingHost:
             why, status = f"the server could not start: {self.error}", "failed"
         elif self.state == "swapping":
             why, status = "the target is being swapped", "swapping"
+        elif self.state == "ready":
+            waiting = "; ".join(f"{name} ({reason})" for name, reason in self.waiting.items())
+            why, status = f"the target is not available: waiting for {waiting}", "recovering"
         else:
             waiting = "; ".join(f"{name} ({reason})" for name, reason in self.waiting.items())
             why, status = (f"the server is starting: waiting for {waiting}" if waiting
@@ -133,10 +140,52 @@ class ServingHost:
     def _wait_and_load(self, config: Config) -> None:
         from quickdraft.node.readiness import needed_backends, wait_until_ready
 
-        backends = needed_backends(config.nodes.keyed(config.models.target), config.nodes.rpc)
-        wait_until_ready(backends, config.nodes.wait, on_change=self._set_waiting)
-        log.info("loading target %s, draft %s", config.models.target, config.models.draft)
-        self.engine = config.models.load_engine(config.nodes, config.placement)
+        from quickdraft.node import is_node_url
+
+        models, nodes = config.models, config.nodes
+        if nodes.rpc and not nodes.rpc_in_process and not is_node_url(models.target):
+            return self._load_over_supervised_node(config)
+        backends = needed_backends(nodes.keyed(models.target), nodes.rpc)
+        wait_until_ready(backends, nodes.wait, on_change=self._set_waiting)
+        log.info("loading target %s, draft %s", models.target, models.draft)
+        self.engine = models.load_engine(nodes, config.placement)
+
+    def _load_over_supervised_node(self, config: Config) -> None:
+        """The target over RPC workers in a child node process this server restarts (node.supervisor)."""
+        from quickdraft.node.supervisor import SupervisedTarget
+
+        models, placed = config.models, config.placement.target
+        if models.target == "auto":  # the child needs a model: the planner's choice, made here
+            from quickdraft.planner import auto_models
+
+            target, _, reasons = auto_models(models.ctx)
+            log.info("target auto: %s", "; ".join(reasons))
+            models = models.model_copy(update={"target": target})
+        self.supervised = SupervisedTarget(
+            models.target, config.nodes.rpc, ctx=models.ctx, threads=placed.threads or models.threads,
+            gpu_layers=None if placed.gpu_layers == "auto" else placed.gpu_layers, main_gpu=placed.main_gpu,
+            on_change=self._set_waiting)
+        self.supervised.start(config.nodes.wait)
+        log.info("loading the draft %s; the target %s runs in node process %d", models.draft, models.target,
+                 self.supervised.node.proc.pid)
+        try:
+            self.engine = models.load_engine(config.nodes, config.placement, target_node=self.supervised.url)
+        except BaseException:
+            self.supervised.stop()
+            self.supervised = None
+            raise
+
+    def _close(self) -> None:
+        """Close the engine and stop the target's node process, if the server runs one."""
+        if self.engine is not None:
+            close_engine(self.engine)
+            self.engine = None
+        if self.supervised is not None:
+            self.supervised.stop()
+            self.supervised = None
+
+    def _status_extra(self) -> dict:
+        return {"target_process": self.supervised.describe()} if self.supervised is not None else {}
 
     def _set_waiting(self, waiting: dict[str, str]) -> None:
         self.waiting = waiting
@@ -144,7 +193,7 @@ class ServingHost:
     async def _mount(self, config: Config) -> None:
         from quickdraft.server.app import create_app
 
-        app = create_app(self.engine, config)
+        app = create_app(self.engine, config, status_extra=self._status_extra)
         await self._lifespans.enter_async_context(app.router.lifespan_context(app))
         self.app, self.config, self.state = app, config, "ready"
         self._ready.set()
@@ -201,8 +250,7 @@ class ServingHost:
             await self._idle.wait()
             await self._lifespans.aclose()
             self._lifespans = AsyncExitStack()
-            await asyncio.to_thread(close_engine, self.engine)
-            self.engine = None
+            await asyncio.to_thread(self._close)
             try:
                 await asyncio.to_thread(self._wait_and_load, new_config)
             except Exception as e:
