@@ -19,6 +19,7 @@ exact K the target node measured (exact=False: it lifts that cap), since what is
 from __future__ import annotations
 
 import json
+import secrets
 import statistics
 import time
 from contextlib import ExitStack
@@ -164,10 +165,12 @@ def link_comparison(target_model, draft_url, prompts, *, k, max_tokens, repeats:
 
     with ExitStack() as stack:
         link = stack.enter_context(Link(delay_ms=2.0, rate="1gbit"))
-        far = stack.enter_context(NodeProcess(target_model, "target", host="0.0.0.0", netns=link.namespace, cpus="0"))
+        key = secrets.token_urlsafe(16)  # a node listening off loopback needs one (quickdraft.node.auth)
+        far = stack.enter_context(NodeProcess(target_model, "target", host="0.0.0.0", netns=link.namespace, cpus="0",
+                                              env={"QUICKDRAFT_NODE_KEY": key}))
         near = stack.enter_context(NodeProcess(target_model, "target", cpus="0"))
         host, port = link.expose(far.port)
-        far_url = f"node://{host}:{port}"
+        far_url = f"node://{host}:{port}?key={key}"
         engines = {
             "loopback": (Engine.load(near.url, draft=draft_url, k=k, exact=False), "model"),
             "link": (Engine.load(far_url, draft=draft_url, k=k, exact=False), "model"),
