@@ -372,3 +372,22 @@ def test_the_first_reported_round_is_measured():
     controller.observe(Round([5], None, "none", 0, 0, 0, 0.0, 0.012), [1, 2, 3, 4, 5])
     assert controller.machine.costs.describe()["verify_ms"] == {1: 12.0}
     assert controller.machine.costs.verify_seconds(1) == pytest.approx(0.012)
+
+
+def test_a_draft_the_grammar_cut_counts_as_rejected_where_it_was_cut():
+    """A drafter proposed 4 tokens, a grammar kept the first 2 and the target accepted both: position 2 was
+    judged wrong (the target could not emit that token), so the drafter's record says so; its verify cost is
+    the 3 positions actually verified."""
+    sim = Sim(World(linear_verify(10.0, 1.0), {"draft": 1.0}, lambda d, r: 0.5))
+    rates = {}
+    for proposed in (None, 4):
+        controller = sim.controller("draft")
+        controller.start([1, 2, 3], SAMPLING)
+        context = [1, 2, 3, 4, 5, 6, 7]  # prompt, the prefill round's token, then 2 accepted + the target's
+        controller.observe(Round([5, 6, 7], None, "draft", 4, 2, 2, 0.004, 0.012, proposed), context)
+        stats = controller._stats["draft"]
+        rates[proposed] = (list(stats.tried[:4]), list(stats.accepted[:4]))
+        assert controller.machine.costs.describe()["verify_ms"] == {3: 12.0}
+    tried, accepted = rates[4]
+    assert tried[:3] == [1, 1, 1] and accepted[:3] == [1, 1, 0]  # position 2: a rejection
+    assert rates[None][0][2:3] in ([], [0])  # without the cut nothing was judged at position 2

@@ -197,8 +197,8 @@ class AdaptiveController:
         at = len(context) - len(outcome.tokens)  # the context the drafter proposed on
         costs.observe_draft(name, outcome.k, self.unseen(name, at), outcome.draft_seconds)
         if self._probing:
-            self._after_probe(name, outcome.drafted, outcome.accepted)
-        self._record(name, outcome.drafted, outcome.accepted)
+            self._after_probe(name, outcome.judged, outcome.accepted)
+        self._record(name, outcome.judged, outcome.accepted)
         self._seen[name] = at + outcome.accepted
         self._shadows.pop(name, None)  # it drafted for real: its undecided shadow positions stay unscored
 

@@ -32,10 +32,17 @@ class Round:
     logprobs: list[TokenLogprob] | None
     drafter: str  # "none" when the round drafted nothing by choice (k == 0)
     k: int
-    drafted: int
+    drafted: int  # draft tokens verified
     accepted: int
     draft_seconds: float
     verify_seconds: float
+    proposed: int | None = None  # what the drafter proposed, where a grammar cut it (None: = drafted)
+
+    @property
+    def judged(self) -> int:
+        """Draft positions the round judged: a position the grammar cut was a rejection (the target could not
+        have emitted that token), so the drafter's acceptance counts it."""
+        return self.drafted if self.proposed is None else self.proposed
 
 
 def speculative_rounds(
@@ -64,6 +71,7 @@ def speculative_rounds(
                     n_ctx=target.n_ctx)
         t0 = time.perf_counter()
         draft = drafter.propose(context, k, sampling)[:k] if k else []
+        proposed = len(draft)
         if constraint is not None:  # a token the grammar rejects is one the target will not emit
             draft = draft[: constraint.valid_prefix(draft)]
         t1 = time.perf_counter()
@@ -75,7 +83,7 @@ def speculative_rounds(
         t2 = time.perf_counter()
         context.extend(verdict.tokens)
         outcome = Round(verdict.tokens, verdict.logprobs, drafter.name if k else "none", k, len(draft),
-                        verdict.n_accepted, t1 - t0, t2 - t1)
+                        verdict.n_accepted, t1 - t0, t2 - t1, proposed if proposed > len(draft) else None)
         if generated:  # the prefill round says nothing about drafting
             policy.observe(outcome, context)
         generated += len(verdict.tokens)

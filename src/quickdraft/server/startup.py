@@ -138,9 +138,8 @@ class ServingHost:
             self.on_fatal()
 
     def _wait_and_load(self, config: Config) -> None:
-        from quickdraft.node.readiness import needed_backends, wait_until_ready
-
         from quickdraft.node import is_node_url
+        from quickdraft.node.readiness import needed_backends, wait_until_ready
 
         models, nodes = config.models, config.nodes
         if nodes.rpc and not nodes.rpc_in_process and not is_node_url(models.target):
@@ -164,8 +163,7 @@ class ServingHost:
         self.supervised = SupervisedTarget(
             models.target, config.nodes.rpc, ctx=models.ctx, threads=placed.threads or models.threads,
             gpu_layers=None if placed.gpu_layers == "auto" else placed.gpu_layers, main_gpu=placed.main_gpu,
-            on_change=self._set_waiting)
-        self.supervised.start(config.nodes.wait)
+            on_change=self._set_waiting).start(config.nodes.wait)  # not kept if it never starts
         log.info("loading the draft %s; the target %s runs in node process %d", models.draft, models.target,
                  self.supervised.node.proc.pid)
         try:
