@@ -5,6 +5,7 @@ rendering tools and tool history through real chat templates of tool-calling fam
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,25 @@ def test_required_grammar_takes_any_offered_function(vocab):
     assert not accepted(vocab, grammar, call_text("get_date", {}))
     with pytest.raises(ValueError):
         forced_call_grammar([WEATHER], "get_date")
+
+
+def test_a_template_that_insists_on_short_call_ids_takes_ours():
+    """Mistral's templates refuse tool call ids that are not 9 characters; the ids we hand out (and most
+    clients') are longer. The history's ids are mapped, the same id to the same short one."""
+    mistral = template("mistralai-Mistral-Nemo-Instruct-2407.jinja")
+    assert mistral.call_id_length == 9 and template("Qwen-Qwen2.5-7B-Instruct.jinja").call_id_length is None
+    ours, other = "call_" + "x" * 24, "call_" + "y" * 24
+    history = [
+        HISTORY[1],
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": ours, "type": "function", "function": {"name": "get_weather", "arguments": json.dumps(ARGS)}},
+            {"id": other, "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": ours, "content": '{"temperature": 21}'},
+        {"role": "tool", "tool_call_id": other, "content": '{"time": "12:00"}'},
+    ]
+    text = mistral.render(history, tools=[WEATHER, TIME])
+    ids = re.findall(r'"id": "([A-Za-z0-9]+)"', text) + re.findall(r'"call_id": "([A-Za-z0-9]+)"', text)
+    assert ours not in text and other not in text
+    assert len(set(ids)) == 2 and all(len(i) == 9 for i in ids) and len(ids) == 4  # each call and its result
+    assert mistral.render(HISTORY, tools=[WEATHER]) == mistral.render(HISTORY, tools=[WEATHER])  # 9 kept as is
+    assert CALL_ID in mistral.render(HISTORY, tools=[WEATHER])

@@ -12,6 +12,7 @@ them in the Hermes format instead (quickdraft.tool_calls.with_hermes_tools).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping, Sequence
@@ -19,7 +20,7 @@ from typing import Any, Mapping, Sequence
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from quickdraft.errors import InvalidRequestError
-from quickdraft.tool_calls import with_hermes_tools
+from quickdraft.tool_calls import with_call_ids_of_length, with_hermes_tools
 
 # Named templates for models whose GGUF carries none. Each is the format the model family was trained on.
 NAMED_TEMPLATES: dict[str, str] = {
@@ -83,6 +84,12 @@ class ChatTemplate:
         return cls(NAMED_TEMPLATES[name], name, bos, eos)
 
     @property
+    def call_id_length(self) -> int | None:
+        """The length the template insists tool call ids have (Mistral's templates: 9), if it checks one."""
+        m = re.search(r"(?:tool_call\.id|tool_call_id)\|length\s*!=\s*(\d+)", self.source)
+        return int(m.group(1)) if m else None
+
+    @property
     def supports_tools(self) -> bool:
         """Whether the template renders `tools` itself (else they go in as Hermes text)."""
         return "tools" in self.source
@@ -95,6 +102,8 @@ class ChatTemplate:
         if self.supports_tools:
             if tools:
                 extra["tools"] = [dict(t) for t in tools]
+            if self.call_id_length:  # ids as this template wants them, whatever the client sends back
+                msgs = with_call_ids_of_length(msgs, self.call_id_length)
         else:
             msgs = with_hermes_tools(msgs, tools)
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)

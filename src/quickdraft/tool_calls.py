@@ -18,6 +18,7 @@ All pure functions but `ToolCallStream`, which holds back streamed text while it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -223,6 +224,33 @@ def hermes_call_text(name: str, arguments: Any) -> str:
         arguments = parsed if parsed is not None else arguments
     body = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
     return f"{HERMES_OPEN}\n{body}\n{HERMES_CLOSE}"
+
+
+def with_call_ids_of_length(messages: Sequence[Mapping], length: int) -> list[dict]:
+    """The messages with every tool call id (an assistant's `tool_calls[].id`, a tool message's
+    `tool_call_id`) replaced by `length` alphanumeric characters derived from it: templates that insist on
+    such ids (Mistral's: 9) then take the ids clients send back, ours ("call_" + 24) or anyone's. The same id
+    always maps to the same short one, so a call and its result stay paired."""
+    def short(call_id: object) -> object:
+        if not isinstance(call_id, str) or (len(call_id) == length and call_id.isalnum()):
+            return call_id
+        n = int.from_bytes(hashlib.sha256(call_id.encode()).digest(), "big")
+        out = []
+        for _ in range(length):
+            n, r = divmod(n, len(_ID_ALPHABET))
+            out.append(_ID_ALPHABET[r])
+        return "".join(out)
+
+    out = []
+    for m in messages:
+        m = dict(m)
+        if m.get("tool_calls"):
+            m["tool_calls"] = [{**c, "id": short(c.get("id"))} if isinstance(c, Mapping) else c
+                               for c in m["tool_calls"]]
+        if "tool_call_id" in m:
+            m["tool_call_id"] = short(m["tool_call_id"])
+        out.append(m)
+    return out
 
 
 def with_hermes_tools(messages: Sequence[Mapping], tools: Sequence[Mapping] | None) -> list[dict]:
