@@ -253,6 +253,24 @@ def test_llamacpp_report_is_parsed():
     assert generated_text("\n\n<bos>Hi there<end>\nmodel\nHello!\n\n", "Hi there<end>\nmodel\n") == "Hello!"
 
 
+def test_llamacpp_gets_the_same_gpu_offload_as_our_run(tmp_path):
+    """The comparison is fair only if llama.cpp puts as many layers on the GPU as our run did."""
+    from pathlib import Path
+
+    from quickdraft.bench.llamacpp import LOOKUP, SPECULATIVE, command
+
+    programs = {LOOKUP: Path("llama-lookup"), SPECULATIVE: Path("llama-speculative-simple")}
+    for draft, gpu, draft_gpu in [("ngram", 0, 0), ("none", 19, 0), ("gemma-3-270m", 19, 7)]:
+        cmd = command(Config("x", draft, 4), programs=programs, target=Path("t.gguf"),
+                      draft_models={"gemma-3-270m": Path("d.gguf")}, prompt_text="hi", max_tokens=8,
+                      temperature=0.0, seed=1, threads=2, n_ctx=512, scratch=tmp_path, gpu_layers=gpu,
+                      draft_gpu_layers=draft_gpu)
+        assert cmd[cmd.index("-ngl") + 1] == str(gpu)
+        assert ("-ngld" in cmd) == (draft == "gemma-3-270m")
+        if "-ngld" in cmd:
+            assert cmd[cmd.index("-ngld") + 1] == str(draft_gpu)
+
+
 def sse(*events: dict) -> bytes:
     return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
 

@@ -93,11 +93,14 @@ def command(
     threads: int,
     n_ctx: int,
     scratch: Path,
+    gpu_layers: int = 0,
+    draft_gpu_layers: int = 0,
 ) -> list[str]:
+    """gpu_layers, draft_gpu_layers: the layers our run put on a GPU (or RPC device), given to llama.cpp too."""
     common = [
         "-m", str(target), "-p", prompt_text, "--no-escape", "-n", str(max_tokens),
         "--temp", str(temperature), "--seed", str(seed), "-t", str(threads), "-tb", str(threads),
-        "-c", str(n_ctx),  # batch sizes and flash attention: llama.cpp's defaults
+        "-c", str(n_ctx), "-ngl", str(gpu_layers),  # batch sizes and flash attention: llama.cpp's defaults
     ]
     if config.draft == "none":
         return [str(programs[LOOKUP]), *common, "--spec-draft-n-max", "0", "-lcd", str(scratch / "ngram.bin")]
@@ -107,9 +110,16 @@ def command(
     draft = draft_models[config.draft]
     return [
         str(programs[SPECULATIVE]), *common, "-md", str(draft), "-td", str(threads), "-tbd", str(threads),
+        "-ngld", str(draft_gpu_layers),
         "--spec-type", "draft-simple", "--spec-draft-n-max", str(config.k), "--spec-draft-n-min", "0",
         "--spec-draft-p-min", "0",
     ]
+
+
+def _offloaded(part) -> int:
+    """Layers a local target or drafter's model has on a GPU (0 without one, or for anything else)."""
+    model = getattr(part, "model", None)
+    return int(getattr(model, "offloaded_layers", 0) or 0)
 
 
 def run_process(cmd: list[str], timeout: float = TIMEOUT_SECONDS) -> tuple[str, str, int, int]:
@@ -141,6 +151,9 @@ class LlamaCppBackend:
         self.threads, self.n_ctx = threads, n_ctx
         self.temperature, self.seed = temperature, seed
         self.programs = {name: ensure_tool(name) for name in (SPECULATIVE, LOOKUP)}
+        # the same GPU offload as our run: what llama.cpp actually did with our models (0 on a CPU build)
+        self.gpu_layers = _offloaded(engine.target)
+        self.draft_gpu_layers = _offloaded(engine.drafters.get("model"))
         self.system_info: str | None = None  # the programs' own "system_info:" line (their kernels)
 
     def prompt_text(self, messages: list[dict]) -> str:
@@ -158,7 +171,8 @@ class LlamaCppBackend:
             cmd = command(
                 config, programs=self.programs, target=self.target, draft_models=self.draft_models,
                 prompt_text=text, max_tokens=max_tokens, temperature=self.temperature, seed=self.seed,
-                threads=self.threads, n_ctx=self.n_ctx, scratch=Path(scratch),
+                threads=self.threads, n_ctx=self.n_ctx, scratch=Path(scratch), gpu_layers=self.gpu_layers,
+                draft_gpu_layers=self.draft_gpu_layers,
             )
             stdout, stderr, code, rss = run_process(cmd)
         record.peak_rss_bytes = rss
