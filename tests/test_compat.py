@@ -226,3 +226,19 @@ def test_bad_tool_requests_are_400(http, extra, param):
     r = http.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 2, **extra})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+def test_required_with_parallel_tool_calls_reads_every_call(http):
+    """With parallel_tool_calls true the grammar allows several calls: whatever the model writes comes back
+    as calls, each of an offered tool with valid arguments (how many is the model's choice)."""
+    body = post(http, "/v1/chat/completions", {"messages": ASK, "tools": [WEATHER, TIME], "max_tokens": 160,
+                                               "tool_choice": "required", "parallel_tool_calls": True})
+    choice = body["choices"][0]
+    calls = choice["message"].get("tool_calls") or []
+    if choice["finish_reason"] == "tool_calls":
+        assert calls and choice["message"]["content"] is None
+    else:  # cut off by max_tokens in a later call: the complete ones still parse
+        assert choice["finish_reason"] == "length"
+    for call in calls:
+        tool = {"get_weather": WEATHER, "get_time": TIME}[call["function"]["name"]]
+        jsonschema.validate(json.loads(call["function"]["arguments"]), tool["function"]["parameters"])

@@ -266,6 +266,14 @@ def test_required_grammar_takes_any_offered_function(vocab):
         forced_call_grammar([WEATHER], "get_date")
 
 
+def test_required_grammar_takes_several_calls_unless_parallel_calls_are_off(vocab):
+    two = call_text("get_weather", ARGS) + "\n" + call_text("get_time", {})
+    assert accepted(vocab, forced_call_grammar([WEATHER, TIME], several=True), two)
+    assert accepted(vocab, forced_call_grammar([WEATHER, TIME], several=True), call_text("get_time", {}))
+    assert not accepted(vocab, forced_call_grammar([WEATHER, TIME]), two)
+    assert not accepted(vocab, forced_call_grammar([WEATHER, TIME], several=True), two + "\nSure!")
+
+
 def test_a_template_that_insists_on_short_call_ids_takes_ours():
     """Mistral's templates refuse tool call ids that are not 9 characters; the ids we hand out (and most
     clients') are longer. The history's ids are mapped, the same id to the same short one."""

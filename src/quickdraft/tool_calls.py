@@ -290,13 +290,15 @@ def call_schema(tool: Mapping) -> dict:
     }
 
 
-def forced_call_grammar(tools: Sequence[Mapping], name: str | None = None) -> str:
-    """A lark grammar (llguidance's, with %json) for exactly one Hermes call of `name`, or of any of the
-    tools when name is None; its arguments match the function's parameters schema."""
+def forced_call_grammar(tools: Sequence[Mapping], name: str | None = None, *, several: bool = False) -> str:
+    """A lark grammar (llguidance's, with %json) for one Hermes call of `name`, or of any of the tools when
+    name is None (several: one or more such calls, a line apart); its arguments match the function's
+    parameters schema."""
     chosen = [t for t in tools if name is None or t["function"]["name"] == name]
     if not chosen:
         raise ValueError(f"no tool named {name!r}")
     schemas = [call_schema(t) for t in chosen]
     schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
     open_tag, close_tag = json.dumps(HERMES_OPEN + "\n"), json.dumps("\n" + HERMES_CLOSE)
-    return f"start: {open_tag} call {close_tag}\ncall: %json {json.dumps(schema)}\n"
+    start = 'start: tool_call ("\\n" tool_call)*' if several else "start: tool_call"
+    return f"{start}\ntool_call: {open_tag} call {close_tag}\ncall: %json {json.dumps(schema)}\n"

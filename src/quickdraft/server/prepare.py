@@ -68,7 +68,8 @@ def prepare_chat(engine: Engine, config: Config, req: ChatCompletionRequest) -> 
 
 def tool_use(req: ChatCompletionRequest) -> ToolUse:
     """tool_choice none: no tools offered; auto (the default): offered, the answer parsed for calls;
-    required / a named function: offered, and a grammar makes the answer one call (of that function)."""
+    required: offered, and a grammar makes the answer one call (one or more with parallel_tool_calls true);
+    a named function: one call of it."""
     tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
     choice = req.tool_choice
     if not tools:
@@ -85,7 +86,10 @@ def tool_use(req: ChatCompletionRequest) -> ToolUse:
     name = None if choice == "required" else choice.function.name
     if name is not None and name not in names:
         raise bad_request(f"tool_choice names {name!r}, which is not among the tools", param="tool_choice")
-    return ToolUse(tools, frozenset(names), GrammarSpec("lark", forced_call_grammar(tools, name)))
+    # several calls only when asked for: a grammar that allows another call lets a small model go on calling
+    # until max_tokens cuts it off mid-call (seen with SmolLM2)
+    several = name is None and req.parallel_tool_calls is True
+    return ToolUse(tools, frozenset(names), GrammarSpec("lark", forced_call_grammar(tools, name, several=several)))
 
 
 def prepare_completion(engine: Engine, config: Config, req: CompletionRequest) -> PreparedRequest:
