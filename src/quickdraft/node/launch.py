@@ -38,8 +38,8 @@ class NodeProcess:
                  cpus: str | None = None, netns: str | None = None, ctx: int = 4096, extra: Sequence[str] = (),
                  env: dict[str, str] | None = None, die_with_parent: bool = False,
                  on_line: Callable[[str], None] | None = None):
-        """threads None: the node's default (physical cores). die_with_parent: the node gets SIGTERM when this
-        process dies, even by SIGKILL. on_line: called with each line the node prints."""
+        """threads None: the node's default (physical cores). die_with_parent: the node gets SIGTERM when the
+        thread that started it ends (Linux's PR_SET_PDEATHSIG), even when this process is SIGKILLed. on_line: called with each line the node prints."""
         self.model, self.role, self.host, self.port = model, role, host, port
         self.threads, self.cpus, self.netns, self.ctx = threads, cpus, netns, ctx
         self.extra = list(extra)
