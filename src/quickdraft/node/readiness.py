@@ -22,6 +22,7 @@ from quickdraft.node import is_node_url
 log = logging.getLogger("quickdraft.node")
 
 FIRST_RETRY, MAX_RETRY = 0.25, 5.0
+LOG_EVERY = 60.0  # seconds between "waiting for" lines while nothing changes
 
 
 class BackendsNotReady(QuickdraftError):
@@ -81,6 +82,7 @@ def wait_until_ready(backends: Sequence[Backend], wait: float,
     waiting = {b.name: "not probed yet" for b in backends}
     on_change(dict(waiting))
     delay = FIRST_RETRY
+    logged: tuple[set[str], float] = (set(), 0.0)  # what the last "waiting for" line named, and when
     while True:
         for backend in backends:
             if backend.name not in waiting:
@@ -101,6 +103,8 @@ def wait_until_ready(backends: Sequence[Backend], wait: float,
                 f"gave up after waiting {wait:g} s for " + "; ".join(f"{n}: {why}" for n, why in waiting.items())
                 + " (start them, or wait longer with --wait SECONDS / nodes.wait)"
             )
-        log.info("waiting for %s (%.0f s left)", ", ".join(waiting), left)
+        if set(waiting) != logged[0] or time.monotonic() - logged[1] >= LOG_EVERY:  # not every retry
+            log.info("waiting for %s (%.0f s left)", ", ".join(waiting), left)
+            logged = (set(waiting), time.monotonic())
         time.sleep(min(delay, left))
         delay = min(delay * 2, MAX_RETRY)
