@@ -38,20 +38,15 @@ ASK_WEATHER = [{"role": "user", "content": "What is the weather like in Paris to
 
 
 @pytest.fixture(scope="module")
-def server(smol_server):
-    return smol_server
+def client(smol_server):
+    return openai.OpenAI(base_url=smol_server.base_url, api_key="unused", max_retries=0, timeout=300)
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def chat_model(server):
+def chat_model(smol_server):
     from langchain_openai import ChatOpenAI
 
-    return ChatOpenAI(base_url=server.base_url, api_key="unused", model=MODEL, temperature=0, max_tokens=60,
+    return ChatOpenAI(base_url=smol_server.base_url, api_key="unused", model=MODEL, temperature=0, max_tokens=60,
                       max_retries=0, timeout=300)
 
 

@@ -27,13 +27,8 @@ ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 
 
 @pytest.fixture(scope="module")
-def server(smol_server):
-    return smol_server
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.root, timeout=300) as c:
+def http(smol_server):
+    with httpx.Client(base_url=smol_server.root, timeout=300) as c:
         yield c
 
 
