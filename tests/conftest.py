@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from importlib import resources
 
@@ -21,32 +19,14 @@ def load_prompts(name: str = "spec_bench.jsonl") -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"rpc-worker exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"rpc-worker did not listen on {port} within {timeout} s")
-
-
 @contextmanager
 def rpc_worker_process():
     """`quickdraft rpc-worker` (llama.cpp's rpc-server) on a free loopback port, one thread: its HOST:PORT.
     Skips the test where rpc-server cannot be built. Each module starts its own: rpc-server serves one client
     at a time, and a process that used it may still hold its connection."""
     from quickdraft.llama_build import BuildError
-    from quickdraft.node.rpc import worker_binary
+    from quickdraft.node.rpc import wait_for_port, worker_binary
+    from quickdraft.server.process import free_port
 
     try:
         worker_binary()  # found, or built now with its progress printed

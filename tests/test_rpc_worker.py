@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TARGET, free_port, rpc_worker_process
+from conftest import TARGET, rpc_worker_process
 from quickdraft import Engine, model_store
 from quickdraft.errors import ModelLoadError
 from quickdraft.llama_model import LlamaModel
 from quickdraft.node.launch import NodeProcess
+from quickdraft.server.process import free_port
 
 MAX_TOKENS = 32
 

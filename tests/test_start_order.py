@@ -8,12 +8,10 @@ bounded wait everywhere.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -24,7 +22,7 @@ from quickdraft import Engine
 from quickdraft.loading import open_model
 from quickdraft.node.launch import NodeProcess
 from quickdraft.node.rpc import RpcWorkerError, probe_worker
-from quickdraft.server.process import free_port
+from quickdraft.server.process import ServerProcess, free_port
 
 MODEL = "smollm2-135m"
 PROMPT = "The three primary colours are"
@@ -38,16 +36,19 @@ def expected():
     return engine.generate(PROMPT, max_tokens=MAX_TOKENS).text
 
 
-class Serve:
-    """`quickdraft serve` as a process whose start is not waited for (unlike ServerProcess)."""
+class Serve(ServerProcess):
+    """`quickdraft serve` as a process whose start is not waited for (ServerProcess.start waits)."""
 
     def __init__(self, *args: str, env: dict | None = None):
-        self.port = free_port()
-        self.root = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "quickdraft", "serve", "--port", str(self.port), *SERVE, *args],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        super().__init__(*SERVE, *args, env=env)
+        self.launch()
+
+    @property
+    def proc(self) -> subprocess.Popen:
+        return self.process
+
+    def output(self) -> str:
+        return self.log()
 
     def health(self) -> httpx.Response | None:
         try:
@@ -78,19 +79,6 @@ class Serve:
     def complete(self) -> httpx.Response:
         return httpx.post(f"{self.root}/v1/completions", timeout=60,
                           json={"prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0})
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def test_serve_started_before_its_target_node_waits_then_serves(expected):

@@ -14,7 +14,6 @@ import argparse
 import json
 import socket
 import threading
-import time
 
 from quickdraft.node.linkemu import pump
 from quickdraft.server.process import free_port
@@ -60,28 +59,17 @@ class CountingRelay:
         self.server.close()
 
 
-def _wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
 def rpc_bytes(model: str, tokens: int, k: int) -> dict:
     """The target alone and speculative (n-gram drafts, K=k) with all layers on an rpc-server, counted."""
     import subprocess
 
     from quickdraft import Engine
-    from quickdraft.node.rpc import start_worker
+    from quickdraft.node.rpc import start_worker, wait_for_port
 
     port = free_port()
     worker = start_worker("127.0.0.1", port, threads=1, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_port(port)
+        wait_for_port(port, worker)
         relay = CountingRelay(("127.0.0.1", port))
         engine = Engine.load(model, "ngram", k=k, threads=1, n_ctx=512, rpc_servers=[relay.endpoint])
         out = {"load_bytes": relay.sent + relay.received}

@@ -215,6 +215,22 @@ def start_worker(host: str = "127.0.0.1", port: int = DEFAULT_RPC_PORT, *, mem_m
     return subprocess.Popen(cmd, preexec_fn=parent_death_signal(preexec), **popen)
 
 
+def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 60.0,
+                  host: str = "127.0.0.1") -> None:
+    """Wait until something accepts connections on host:port (a worker just started). RuntimeError if `proc`
+    exits first, TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0] if proc.args else 'the process'} exited with {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:g} s")
+
+
 def parent_death_signal(then=None):
     """A preexec function: the worker gets SIGTERM when the process that started it dies, even by SIGKILL
     (Linux's PR_SET_PDEATHSIG), so a killed `quickdraft rpc-worker` leaves no rpc-server behind."""

@@ -33,10 +33,15 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
         self._log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
 
-    def start(self) -> "ServerProcess":
+    def launch(self) -> "ServerProcess":
+        """Start the process without waiting for it to answer (start() waits)."""
         cmd = [sys.executable, "-m", "quickdraft", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                *self.args]
         self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def start(self) -> "ServerProcess":
+        self.launch()
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
