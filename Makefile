@@ -4,11 +4,12 @@
 # folder named after the build flags, so a rebuild happens only when the flags or the version change; the
 # stamp file below skips the whole install while pyproject.toml and this Makefile are unchanged.
 #   GGML_RPC=on        llama.cpp's RPC backend, for a target spread over rpc-server workers (quickdraft.node)
-#   GGML_LLAMAFILE=OFF the llamafile matmul kernels (on in a stock build) compute a batch of tokens in
-#                      another order than one token; without them, and with flash attention off at run time,
-#                      verifying k+1 tokens at once reproduces one-by-one decoding bit for bit (measured:
-#                      README, "Exactness"). A user's own llama-cpp-python build works too: the engine then
-#                      measures what it verifies exactly and caps K to it.
+#   patched source     llama-cpp-python's sdist with one change to llamafile's matrix kernels (on, as in a stock
+#                      build): float matrices go through them for single tokens too, so verifying k+1 tokens
+#                      at once reproduces one-by-one decoding bit for bit while prompts and verification
+#                      batches run at llamafile's speed (src/quickdraft/llama_source.py; README, "Exactness").
+#                      The wheel's version says so: 0.3.36+quickdraft.1. A user's own llama-cpp-python build
+#                      works too: the engine then measures what it verifies exactly and caps K to it.
 #
 # GPU builds. The llama.cpp backend is picked from the machine, once per make run:
 #   cuda    when nvcc (on PATH or /usr/local/cuda/bin) AND an NVIDIA GPU (`nvidia-smi -L` lists one) exist;
@@ -31,7 +32,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 LLAMA_CPP_VERSION := 0.3.36
-LLAMA_BASE_ARGS   := -DGGML_RPC=on -DGGML_LLAMAFILE=OFF
+LLAMA_BASE_ARGS   := -DGGML_RPC=on
+# the patch set's name (LOCAL_LABEL in llama_source.py): a new patch set builds a new wheel
+LLAMA_PATCHES := $(shell sed -n 's/^LOCAL_LABEL = "\([^"]*\)".*/\1/p' src/quickdraft/llama_source.py)
 
 # ---- the llama.cpp backend (see the header) ----
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -57,12 +60,12 @@ BACKEND_ARGS_vulkan := -DGGML_VULKAN=on
 ifeq ($(filter $(LLAMA_BACKEND),cpu cuda metal rocm vulkan),)
   $(error LLAMA_BACKEND must be one of cpu, cuda, metal, rocm, vulkan (got '$(LLAMA_BACKEND)'))
 endif
-# CPU-only: exactly "-DGGML_RPC=on -DGGML_LLAMAFILE=OFF", the key of the wheels already built (de48c715a09c)
+# CPU-only: exactly "-DGGML_RPC=on"; the key also names the patch set
 LLAMA_CMAKE_ARGS := $(strip $(LLAMA_BASE_ARGS) $(BACKEND_ARGS_$(LLAMA_BACKEND)) $(LLAMA_CMAKE_ARGS_EXTRA))
-LLAMA_KEY := $(shell echo '$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)' | md5sum | cut -c1-12)
+LLAMA_KEY := $(shell echo '$(LLAMA_CPP_VERSION)+$(LLAMA_PATCHES) $(LLAMA_CMAKE_ARGS)' | md5sum | cut -c1-12)
 WHEELS := $(HOME)/.cache/quickdraft/wheels/$(LLAMA_KEY)
 # the wheel installed: yours (LLAMA_WHEEL=...) or the one built for these flags
-LLAMA_WHEEL_FILE := $(or $(LLAMA_WHEEL),$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl)
+LLAMA_WHEEL_FILE := $(or $(LLAMA_WHEEL),$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)*.whl)
 # one stamp per llama.cpp build installed: another backend (or wheel) reinstalls, the same one does not
 STAMP := $(VENV)/.installed-$(if $(LLAMA_WHEEL),$(shell echo '$(LLAMA_WHEEL)' | md5sum | cut -c1-12),$(LLAMA_KEY))
 
@@ -76,10 +79,10 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 ifdef LLAMA_WHEEL
 	@echo ">> using your llama-cpp-python wheel $(LLAMA_WHEEL) as is (no build)"
 else
-	@if ! ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+	@if ! ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)*.whl >/dev/null 2>&1; then \
 	  echo ">> building llama-cpp-python $(LLAMA_CPP_VERSION) for $(LLAMA_BACKEND) with $(LLAMA_CMAKE_ARGS) (once; the CPU build takes about 6 minutes on 2 cores)"; \
-	  $(if $(filter cuda,$(LLAMA_BACKEND)),CUDACXX="$(NVCC)") CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
-	    'llama-cpp-python==$(LLAMA_CPP_VERSION)' -w $(WHEELS) || exit 1; \
+	  $(if $(filter cuda,$(LLAMA_BACKEND)),CUDACXX="$(NVCC)") CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+	    $(PY) src/quickdraft/llama_source.py wheel $(LLAMA_CPP_VERSION) $(WHEELS) || exit 1; \
 	fi
 endif
 	@echo ">> installing quickdraft and its dependencies"
@@ -105,6 +108,7 @@ bench: models
 
 llama-config:
 	@echo "backend:    $(LLAMA_BACKEND)"
+	@echo "patches:    $(LLAMA_PATCHES)"
 	@echo "CMAKE_ARGS: $(LLAMA_CMAKE_ARGS)"
 	@echo "wheel:      $(LLAMA_WHEEL_FILE)"
 

@@ -1,18 +1,21 @@
-"""Prompt processing and single-step speed of the llama-cpp-python this interpreter has, at quickdraft's exact
-settings (flash attention off, F16 KV cache): what exactness costs where a build differs only in its kernels.
+"""Prompt processing, single-step and 5-token-batch speed of the llama-cpp-python this interpreter has, at
+quickdraft's exact settings (flash attention off, F16 KV cache): what exactness costs where a build differs
+only in its kernels.
 
     .venv/bin/python scripts/prefill_speed.py MODEL.gguf [--tokens 1000]      # quickdraft's build
-    OTHER_VENV/bin/python scripts/prefill_speed.py MODEL.gguf                  # e.g. a stock (llamafile) build
+    OTHER_VENV/bin/python scripts/prefill_speed.py MODEL.gguf                  # e.g. a stock build
 
 Uses llama_cpp alone (no quickdraft import), so any environment with llama-cpp-python runs it. Prints the
 build's system info (LLAMAFILE = 1 or not), the best of 3 prefills of the first N tokens of README.md (logits
-for the last token only, 512-token batches, as llama.cpp reads a prompt), and one-token steps after it.
+for the last token only, 512-token batches, as llama.cpp reads a prompt), then the median of 32 one-token
+steps and of 8 five-token batches after it.
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
+import statistics
 import time
 
 import llama_cpp
@@ -35,14 +38,21 @@ def main() -> None:
         t0 = time.perf_counter()
         llm.eval(tokens)
         best = min(best, time.perf_counter() - t0)
-    t0 = time.perf_counter()
+    steps = []
     for t in tokens[:32]:
+        t0 = time.perf_counter()
         llm.eval([t])
-    step = (time.perf_counter() - t0) / 32
+        steps.append(time.perf_counter() - t0)
+    batches = []
+    for i in range(8):  # 5 tokens at once, as a verification of 4 drafted tokens
+        t0 = time.perf_counter()
+        llm.eval(tokens[32 + 5 * i: 37 + 5 * i])
+        batches.append(time.perf_counter() - t0)
     print(f"llama-cpp-python {llama_cpp.__version__}, LLAMAFILE = {'1' if 'LLAMAFILE = 1' in info else '0'}, "
           f"{args.threads} threads, {pathlib.Path(args.model).name}")
-    print(f"prefill {len(tokens)} tokens: {best:.3f} s ({len(tokens) / best:.0f} tok/s); one-token step after "
-          f"them: {step * 1000:.2f} ms")
+    print(f"prefill {len(tokens)} tokens: {best:.3f} s ({len(tokens) / best:.0f} tok/s); after them, median "
+          f"one-token step {statistics.median(steps) * 1000:.2f} ms, 5-token batch "
+          f"{statistics.median(batches) * 1000:.2f} ms")
 
 
 if __name__ == "__main__":

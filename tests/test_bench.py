@@ -318,7 +318,7 @@ def test_against_llamacpp_end_to_end(tmp_path):
     """llama.cpp's own programs on the same prompt, beside ours (skipped until they are built)."""
     from quickdraft.llama_build import find_tool
 
-    if not (find_tool("llama-lookup") and find_tool("llama-speculative-simple")):
+    if not (find_tool("llama-lookup", stock=True) and find_tool("llama-speculative-simple", stock=True)):
         pytest.skip("llama.cpp programs not built (quickdraft.llama_build.build_tools)")
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps(TINY[0]) + "\n")

@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CPU_ARGS = "-DGGML_RPC=on -DGGML_LLAMAFILE=OFF"
-CPU_KEY = "de48c715a09c"  # the folder of the CPU wheel already built (CI and this machine must not rebuild)
+CPU_ARGS = "-DGGML_RPC=on"
+CPU_KEY = "bc08a3442905"  # the folder of the CPU wheel already built (CI and this machine must not rebuild)
+PATCHES = "quickdraft.1"  # llama_source.LOCAL_LABEL
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
 def wheel_key(args: str) -> str:
-    """The Makefile's key: md5 of "VERSION ARGS\\n" (echo adds the newline), 12 hex digits."""
-    return hashlib.md5(f"0.3.36 {args}\n".encode()).hexdigest()[:12]
+    """The Makefile's key: md5 of "VERSION+PATCHES ARGS\\n" (echo adds the newline), 12 hex digits."""
+    return hashlib.md5(f"0.3.36+{PATCHES} {args}\n".encode()).hexdigest()[:12]
 
 
 def fake_tool(bin_dir: Path, name: str, script: str) -> None:
@@ -66,9 +67,11 @@ def test_no_gpu_is_the_cpu_build_and_its_cached_wheel(machine, tmp_path):
     assert c["backend"] == "cpu"
     assert c["CMAKE_ARGS"] == CPU_ARGS
     assert wheel_key(CPU_ARGS) == CPU_KEY
-    assert f"/wheels/{CPU_KEY}/llama_cpp_python-0.3.36-" in c["wheel"]
+    assert f"/wheels/{CPU_KEY}/llama_cpp_python-0.3.36*" in c["wheel"]
     plan = make(machine, tmp_path, target="install").stdout
-    assert f'CMAKE_ARGS="{CPU_ARGS}"' in plan and f"-w {Path.home()}/.cache/quickdraft/wheels/{CPU_KEY}" in plan
+    # the patched sdist (llama_source.py) is what gets built, into the folder the key names
+    assert f'CMAKE_ARGS="{CPU_ARGS}"' in plan
+    assert f"src/quickdraft/llama_source.py wheel 0.3.36 {Path.home()}/.cache/quickdraft/wheels/{CPU_KEY}" in plan
     assert "CUDACXX" not in plan
 
 

@@ -93,10 +93,20 @@ def test_gguf_chat_template(http, client):
     status = http.get("/v1/quickdraft/status").json()
     assert status["engine"]["chat_template"] == "gguf"
     assert status["config"]["server"]["api_key"] == "***"
-    r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "system", "content": "You are a helpful assistant."},
-                               {"role": "user", "content": "What is the capital of France?"}], max_tokens=16)
-    assert "Paris" in r.choices[0].message.content
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "What is the capital of France?"}]
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0)
+    # the reference: llama.cpp itself, rendering the same GGUF template (llama-cpp-python's jinja formatter)
+    # and decoding greedily at quickdraft's exact settings
+    import llama_cpp
+
+    from quickdraft.model_store import resolve
+
+    llm = llama_cpp.Llama(model_path=str(resolve(MODEL)), n_ctx=2048, n_threads=2, flash_attn=False,
+                          verbose=False)
+    expected = llm.create_chat_completion(messages=messages, max_tokens=16, temperature=0)
+    assert r.choices[0].message.content == expected["choices"][0]["message"]["content"]
+    assert r.usage.completion_tokens == expected["usage"]["completion_tokens"]
 
 
 # ---- back-pressure ----------------------------------------------------------------------------------------

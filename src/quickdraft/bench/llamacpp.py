@@ -1,7 +1,8 @@
 """The same prompts through llama.cpp's own speculative decoding, for `--against llama.cpp`.
 
-Programs (built once from the llama.cpp source that llama-cpp-python compiled, with the same llamafile setting
-as the installed wheel, see quickdraft.llama_build):
+Programs: stock llama.cpp, built once from the llama.cpp source of the installed llama-cpp-python version
+without quickdraft's patches and at llama.cpp's default build flags (llamafile on; quickdraft.llama_build), or
+those in QUICKDRAFT_LLAMA_BIN:
 - a draft model: `llama-speculative-simple --spec-type draft-simple -md DRAFT --spec-draft-n-max K`
   (p-min 0 and n-min 0, so it drafts exactly K tokens a round, as ours does);
 - n-gram: `llama-lookup --spec-draft-n-max K`, llama.cpp's prompt-lookup decoding (its n-gram cache over the
@@ -150,7 +151,8 @@ class LlamaCppBackend:
         self.draft_models = draft_models
         self.threads, self.n_ctx = threads, n_ctx
         self.temperature, self.seed = temperature, seed
-        self.programs = {name: ensure_tool(name) for name in (SPECULATIVE, LOOKUP)}
+        # stock llama.cpp: the same version, unpatched, at its default build flags (llama_build)
+        self.programs = {name: ensure_tool(name, stock=True) for name in (SPECULATIVE, LOOKUP)}
         # the same GPU offload as our run: what llama.cpp actually did with our models (0 on a CPU build)
         self.gpu_layers = _offloaded(engine.target)
         self.draft_gpu_layers = _offloaded(engine.drafters.get("model"))

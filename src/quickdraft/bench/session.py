@@ -144,8 +144,9 @@ def notes(settings: BenchSettings, configs: Sequence[Config], load: tuple[float,
             "llama-lookup --spec-draft-n-max K for n-gram, llama-lookup --spec-draft-n-max 0 for the target "
             "alone. Their seconds = the 'encoded' plus 'decoded' times they print; they may run up to K "
             "tokens past max_tokens, all counted. Same threads, context and sampling; llama.cpp's own defaults "
-            "otherwise (batch sizes; flash attention 'auto'); built from the same llama.cpp source (with the "
-            "installed wheel's llamafile setting unless QUICKDRAFT_LLAMA_BIN names other programs).",
+            "otherwise (batch sizes; flash attention 'auto'); stock llama.cpp: built from the same llama.cpp "
+            "version without quickdraft's patches, at its default build flags (unless QUICKDRAFT_LLAMA_BIN "
+            "names other programs).",
             "llama.cpp peak RSS = the child process's own, sampled every 50 ms while it runs; it has no TTFT.",
         ]
     if any(c.backend == "server" for c in configs):

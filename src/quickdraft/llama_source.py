@@ -1,0 +1,198 @@
+"""The llama.cpp source quickdraft builds: llama-cpp-python's sdist with one change to llamafile's kernels.
+
+Stdlib only, so the Makefile runs it before anything is installed:
+
+    CMAKE_ARGS="-DGGML_RPC=on" python3 src/quickdraft/llama_source.py wheel 0.3.36 OUT_DIR
+
+fetches llama-cpp-python's source with pip, applies PATCHES, marks the version with LOCAL_LABEL
+(0.3.36 -> 0.3.36+quickdraft.1: `llama-cpp-python==0.3.36` still matches it, and whoever looks at the
+installed version sees a patched build) and builds a wheel into OUT_DIR. `llama_build` applies the same
+patches to the source it builds llama.cpp's programs (rpc-server, ...) from, so a worker rounds as we do.
+
+Why the patch (README, "Exactness"). Speculation is exact only if verifying K + 1 tokens in one batch gives
+the logits one-token decoding gives, bit for bit. llamafile's matrix kernels (tinyBLAS, on in a stock build)
+compute every output element the same way whatever tile it falls in, so they agree with themselves at every
+batch size; but stock llama.cpp calls them only for batches of 2 tokens or more and decodes one token with
+ggml's own dot products. For Q8_0 on x86 those take the same steps as tinyBLAS; for float matrices (F16
+weights, the F16 KV cache) they keep 4 partial sums where tinyBLAS keeps one, so they round differently.
+The patch sends float matrices through tinyBLAS for one token too, with a matrix-vector loop that does
+tinyBLAS's arithmetic. One token, a verification batch and a prompt chunk then round alike, and prompts and
+verification batches run at llamafile's speed (about 2x ggml's for prompts on this machine).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+LOCAL_LABEL = "quickdraft.1"  # change it with PATCHES: it names the wheel folder, the tools and the probe cache
+
+# (file under vendor/llama.cpp, text as shipped, text quickdraft builds): llamafile's tinyBLAS takes float
+# matrices (F32, F16, BF16: the F16 KV cache, F16 weights) for single tokens too, through a matrix-vector
+# path that keeps tinyBLAS's arithmetic per element (one running sum per output, in k order); quantized
+# matrices keep llama.cpp's single-token path, whose dot product for Q8_0 on x86 is tinyBLAS's, step for step.
+SGEMM = "ggml/src/ggml-cpu/llamafile/sgemm.cpp"
+PATCHES = [
+    (
+        SGEMM,
+        "    // only enable sgemm for prompt processing\n"
+        "#if !defined(__MMA__)\n"
+        "    if (n < 2)\n"
+        "        return false;\n"
+        "#endif\n",
+        "    // quickdraft: float matrices go through tinyBLAS for one token too, so that one token and a batch\n"
+        "    // round the same way (ggml's single-token float dot product keeps 4 partial sums, tinyBLAS one)\n"
+        "#if !defined(__MMA__)\n"
+        "    if (n < 2 && Atype != GGML_TYPE_F32 && Atype != GGML_TYPE_F16 && Atype != GGML_TYPE_BF16)\n"
+        "        return false;\n"
+        "#endif\n",
+    ),
+    (
+        SGEMM,
+        "    bool matmul(int64_t m, int64_t n) {\n"
+        "        if (k % KN != 0)\n"
+        "            return false;\n"
+        "        // compute RM for only need tile with size RM&RM-1\n",
+        "    bool matmul(int64_t m, int64_t n) {\n"
+        "        if (k % KN != 0)\n"
+        "            return false;\n"
+        "        if (n == 1) {  // quickdraft: one token (see gemv)\n"
+        "            if (m % 4 != 0)\n"
+        "                return false;\n"
+        "            if (m % 8 == 0)\n"
+        "                gemv<8>(m);\n"
+        "            else\n"
+        "                gemv<4>(m);\n"
+        "            return true;\n"
+        "        }\n"
+        "        // compute RM for only need tile with size RM&RM-1\n",
+    ),
+    (
+        SGEMM,
+        "  private:\n"
+        "    template <int RM, int RN, int BM>\n"
+        "    inline void mnpack(int64_t m, int64_t n, int64_t SIZE_N, int64_t BN) {\n"
+        "        if (SIZE_N == RN) {\n"
+        "            return gemm<RM, RN, BM>(m, n, BN);\n",
+        "  private:\n"
+        "    // quickdraft: matrix times one vector. Each output is what gemm_bloc computes (one running sum,\n"
+        "    // madd in k order, hsum), RM rows at a time so the sums' latencies overlap; rows are split evenly\n"
+        "    // between threads, without the chunk counter or barriers gemm needs.\n"
+        "    template <int RM>\n"
+        "    void gemv(int64_t m) {\n"
+        "        const int64_t tiles = m / RM;\n"
+        "        const int64_t duty = (tiles + params->nth - 1) / params->nth;\n"
+        "        const int64_t end = std::min(tiles, duty * (params->ith + 1));\n"
+        "        for (int64_t t = duty * params->ith; t < end; ++t) {\n"
+        "            const int64_t ii = t * RM;\n"
+        "            D Cv[RM] = {};\n"
+        "            for (int64_t l = 0; l < k; l += KN) {\n"
+        "                V Bv = load<V>(B + l);\n"
+        "                for (int64_t i = 0; i < RM; ++i) {\n"
+        "                    if ((l & 31) == 0)\n"
+        "                        __builtin_prefetch(A + lda * (ii + i) + l + 256);\n"
+        "                    Cv[i] = madd(load<V>(A + lda * (ii + i) + l), Bv, Cv[i]);\n"
+        "                }\n"
+        "            }\n"
+        "            for (int64_t i = 0; i < RM; ++i)\n"
+        "                C[ii + i] = hsum(Cv[i]);\n"
+        "        }\n"
+        "    }\n"
+        "\n"
+        "    template <int RM, int RN, int BM>\n"
+        "    inline void mnpack(int64_t m, int64_t n, int64_t SIZE_N, int64_t BN) {\n"
+        "        if (SIZE_N == RN) {\n"
+        "            return gemm<RM, RN, BM>(m, n, BN);\n",
+    ),
+]
+
+
+class SourceError(RuntimeError):
+    """The source could not be fetched, patched or built."""
+
+
+def base_version(version: str) -> str:
+    """0.3.36+quickdraft.1 -> 0.3.36"""
+    return version.split("+", 1)[0]
+
+
+def is_patched(version: str) -> bool:
+    return version.endswith("+" + LOCAL_LABEL)
+
+
+def fetch_sdist(version: str, dest: Path) -> Path:
+    """Download llama-cpp-python's source archive (from pip's cache when it is there) and unpack it in dest;
+    returns the unpacked folder (the one with pyproject.toml)."""
+    version = base_version(version)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           f"llama-cpp-python=={version}", "-d", str(dest)]
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SourceError(f"could not download the llama-cpp-python {version} source with pip:\n{proc.stderr}")
+    archive = next(dest.glob("llama_cpp_python-*.tar.gz"), None)
+    if archive is None:
+        raise SourceError("pip downloaded no llama-cpp-python source archive")
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    root = dest / archive.name[: -len(".tar.gz")]
+    if not (root / "pyproject.toml").is_file():
+        raise SourceError(f"{archive.name} does not unpack to {root.name}/")
+    return root
+
+
+def patch_llama_cpp(llama_cpp_dir: Path) -> None:
+    """Apply PATCHES to a llama.cpp source tree (llama-cpp-python's vendor/llama.cpp)."""
+    for rel, old, new in PATCHES:
+        path = llama_cpp_dir / rel
+        text = path.read_text()
+        if text.count(old) != 1:
+            raise SourceError(f"{rel}: the text to patch is not there once (another llama.cpp version?)")
+        path.write_text(text.replace(old, new))
+
+
+def label_version(sdist_root: Path) -> str:
+    """Mark the package version with LOCAL_LABEL; returns the new version."""
+    init = sdist_root / "llama_cpp" / "__init__.py"
+    lines = init.read_text().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("__version__ = "):
+            version = line.split("=", 1)[1].strip().strip("\"'")
+            labelled = f"{base_version(version)}+{LOCAL_LABEL}"
+            lines[i] = f'__version__ = "{labelled}"\n'
+            init.write_text("".join(lines))
+            return labelled
+    raise SourceError(f"{init} has no __version__ line")
+
+
+def build_wheel(version: str, out_dir: Path) -> None:
+    """The patched wheel, built with pip (CMAKE_ARGS from the environment choose the backend)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = fetch_sdist(version, Path(tmp))
+        patch_llama_cpp(root / "vendor" / "llama.cpp")
+        labelled = label_version(root)
+        print(f">> llama-cpp-python {labelled}: {len(PATCHES)} patch(es) applied; building "
+              f"with CMAKE_ARGS={os.environ.get('CMAKE_ARGS', '')!r}", flush=True)
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-cache-dir", "--no-deps", str(root), "-w", str(out_dir)]
+        if subprocess.run(cmd).returncode != 0:
+            raise SourceError("the llama-cpp-python build failed (its output is above)")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "wheel":
+        print(__doc__, file=sys.stderr)
+        return 2
+    try:
+        build_wheel(argv[1], Path(argv[2]))
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
