@@ -35,11 +35,13 @@ def test_patches_apply_once_and_leave_the_rest(tmp_path):
 
 
 def test_another_llama_cpp_is_refused_not_half_patched(tmp_path):
-    rel = llama_source.PATCHES[0][0]
+    rel, first_old, _ = llama_source.PATCHES[0]
     (tmp_path / rel).parent.mkdir(parents=True)
-    (tmp_path / rel).write_text("// a llama.cpp whose sgemm.cpp changed\n")
+    changed = "// a llama.cpp whose sgemm.cpp kept only the first text\n" + first_old
+    (tmp_path / rel).write_text(changed)
     with pytest.raises(llama_source.SourceError, match="another llama.cpp version"):
         llama_source.patch_llama_cpp(tmp_path)
+    assert (tmp_path / rel).read_text() == changed  # nothing written
 
 
 def test_the_version_says_it_is_patched(tmp_path):

@@ -145,13 +145,16 @@ def fetch_sdist(version: str, dest: Path) -> Path:
 
 
 def patch_llama_cpp(llama_cpp_dir: Path) -> None:
-    """Apply PATCHES to a llama.cpp source tree (llama-cpp-python's vendor/llama.cpp)."""
+    """Apply PATCHES to a llama.cpp source tree (llama-cpp-python's vendor/llama.cpp): all of them or, if any
+    text is not there exactly once, none."""
+    texts: dict[str, str] = {}
     for rel, old, new in PATCHES:
-        path = llama_cpp_dir / rel
-        text = path.read_text()
+        text = texts.get(rel) or (llama_cpp_dir / rel).read_text()
         if text.count(old) != 1:
             raise SourceError(f"{rel}: the text to patch is not there once (another llama.cpp version?)")
-        path.write_text(text.replace(old, new))
+        texts[rel] = text.replace(old, new)
+    for rel, text in texts.items():
+        (llama_cpp_dir / rel).write_text(text)
 
 
 def label_version(sdist_root: Path) -> str:
