@@ -67,11 +67,12 @@ class Serve(ServerProcess):
         raise AssertionError(f"/health never answered {status}:\n{self.output()[-4000:]}")
 
     def wait_waiting_for(self, name: str, timeout: float = 60) -> dict:
-        """The 503 /health body once it names `name` among what the server waits for."""
+        """The 503 /health body once it names `name` among what the server waits for, probed at least once
+        (before the first probe it says "not probed yet")."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             body = self.wait_status(503, timeout)
-            if name in body["waiting_for"]:
+            if body["waiting_for"].get(name, "not probed yet") != "not probed yet":
                 return body
             time.sleep(0.2)
         raise AssertionError(f"/health never named {name}:\n{self.output()[-4000:]}")
