@@ -14,8 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_ARGS = "-DGGML_RPC=on"
-CPU_KEY = "bc08a3442905"  # the folder of the CPU wheel already built (CI and this machine must not rebuild)
-PATCHES = "quickdraft.1"  # llama_source.LOCAL_LABEL
+CPU_KEY = "af592b0904fc"  # the folder of the CPU wheel already built (CI and this machine must not rebuild)
+PATCHES = "quickdraft.3"  # llama_source.LOCAL_LABEL
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 

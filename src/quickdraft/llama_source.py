@@ -5,7 +5,7 @@ Stdlib only, so the Makefile runs it before anything is installed:
     CMAKE_ARGS="-DGGML_RPC=on" python3 src/quickdraft/llama_source.py wheel 0.3.36 OUT_DIR
 
 fetches llama-cpp-python's source with pip, applies PATCHES, marks the version with LOCAL_LABEL
-(0.3.36 -> 0.3.36+quickdraft.1: `llama-cpp-python==0.3.36` still matches it, and whoever looks at the
+(0.3.36 -> 0.3.36+quickdraft.3: `llama-cpp-python==0.3.36` still matches it, and whoever looks at the
 installed version sees a patched build) and builds a wheel into OUT_DIR. `llama_build` applies the same
 patches to the source it builds llama.cpp's programs (rpc-server, ...) from, so a worker rounds as we do.
 
@@ -29,13 +29,17 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-LOCAL_LABEL = "quickdraft.1"  # change it with PATCHES: it names the wheel folder, the tools and the probe cache
+LOCAL_LABEL = "quickdraft.3"  # change it with PATCHES: it names the wheel folder, the tools and the probe cache
 
 # (file under vendor/llama.cpp, text as shipped, text quickdraft builds): llamafile's tinyBLAS takes float
 # matrices (F32, F16, BF16: the F16 KV cache, F16 weights) for single tokens too, through a matrix-vector
 # path that keeps tinyBLAS's arithmetic per element (one running sum per output, in k order); quantized
 # matrices keep llama.cpp's single-token path, whose dot product for Q8_0 on x86 is tinyBLAS's, step for step.
+# One more change, for speed alone: at one token, the heads that share a key/value matrix (grouped-query
+# attention) go to tinyBLAS in one call, as the columns of a matrix, so that the F16 KV cache is read once
+# per step rather than once per head. Every output is still one running sum in k order, whatever the call.
 SGEMM = "ggml/src/ggml-cpu/llamafile/sgemm.cpp"
+GGML_CPU = "ggml/src/ggml-cpu/ggml-cpu.c"
 PATCHES = [
     (
         SGEMM,
@@ -81,9 +85,12 @@ PATCHES = [
         "  private:\n"
         "    // quickdraft: matrix times one vector. Each output is what gemm_bloc computes (one running sum,\n"
         "    // madd in k order, hsum), RM rows at a time so the sums' latencies overlap; rows are split evenly\n"
-        "    // between threads, without the chunk counter or barriers gemm needs.\n"
+        "    // between threads, without the chunk counter or barriers gemm needs. While a tile is summed, the\n"
+        "    // next tile's rows are prefetched, a cache line each as the loop reaches it (one token reads every\n"
+        "    // weight once from memory; prefetching past the last row is harmless: prefetches never fault).\n"
         "    template <int RM>\n"
         "    void gemv(int64_t m) {\n"
+        "        constexpr int64_t LINE = 64 / sizeof(TA);\n"
         "        const int64_t tiles = m / RM;\n"
         "        const int64_t duty = (tiles + params->nth - 1) / params->nth;\n"
         "        const int64_t end = std::min(tiles, duty * (params->ith + 1));\n"
@@ -93,8 +100,8 @@ PATCHES = [
         "            for (int64_t l = 0; l < k; l += KN) {\n"
         "                V Bv = load<V>(B + l);\n"
         "                for (int64_t i = 0; i < RM; ++i) {\n"
-        "                    if ((l & 31) == 0)\n"
-        "                        __builtin_prefetch(A + lda * (ii + i) + l + 256);\n"
+        "                    if (l % LINE == 0)\n"
+        "                        __builtin_prefetch(A + lda * (ii + RM + i) + l);\n"
         "                    Cv[i] = madd(load<V>(A + lda * (ii + i) + l), Bv, Cv[i]);\n"
         "                }\n"
         "            }\n"
@@ -108,6 +115,36 @@ PATCHES = [
         "        if (SIZE_N == RN) {\n"
         "            return gemm<RM, RN, BM>(m, n, BN);\n",
     ),
+    (
+        GGML_CPU,
+        "        const size_t row_size = ggml_row_size(vec_dot_type, ne10);\n"
+        "\n"
+        "        for (int64_t i13 = 0; i13 < ne13; i13++)\n"
+        "            for (int64_t i12 = 0; i12 < ne12; i12++)\n"
+        "                if (!llamafile_sgemm(params,\n"
+        "                                     ne01, ne11, ne00/ggml_blck_size(src0->type),\n"
+        "                                     (const char *)src0->data + i12/r2*nb02 + i13/r3*nb03,\n"
+        "                                     nb01/ggml_type_size(src0->type),\n"
+        "                                     (const char *)wdata + (i12*ne11 + i13*ne12*ne11)*row_size,\n"
+        "                                     row_size/ggml_type_size(vec_dot_type),\n"
+        "                                     (char *)dst->data + i12*nb2 + i13*nb3,\n"
+        "                                     nb1/ggml_type_size(dst->type),\n",
+        "        const size_t row_size = ggml_row_size(vec_dot_type, ne10);\n"
+        "        // quickdraft: one token against a matrix that r2 heads share (grouped-query attention): one call\n"
+        "        // with the r2 heads' vectors as its columns, so that the shared matrix is read once, not r2 times\n"
+        "        const int64_t g = ne11 == 1 ? r2 : 1;\n"
+        "\n"
+        "        for (int64_t i13 = 0; i13 < ne13; i13++)\n"
+        "            for (int64_t i12 = 0; i12 < ne12; i12 += g)\n"
+        "                if (!llamafile_sgemm(params,\n"
+        "                                     ne01, ne11*g, ne00/ggml_blck_size(src0->type),\n"
+        "                                     (const char *)src0->data + i12/r2*nb02 + i13/r3*nb03,\n"
+        "                                     nb01/ggml_type_size(src0->type),\n"
+        "                                     (const char *)wdata + (i12*ne11 + i13*ne12*ne11)*row_size,\n"
+        "                                     row_size/ggml_type_size(vec_dot_type),\n"
+        "                                     (char *)dst->data + i12*nb2 + i13*nb3,\n"
+        "                                     (g > 1 ? nb2 : nb1)/ggml_type_size(dst->type),\n",
+    ),
 ]
 
 
@@ -116,7 +153,7 @@ class SourceError(RuntimeError):
 
 
 def base_version(version: str) -> str:
-    """0.3.36+quickdraft.1 -> 0.3.36"""
+    """0.3.36+quickdraft.3 -> 0.3.36"""
     return version.split("+", 1)[0]
 
 
