@@ -8,8 +8,9 @@
 #                      build): float matrices go through them for single tokens too, so verifying k+1 tokens
 #                      at once reproduces one-by-one decoding bit for bit while prompts and verification
 #                      batches run at llamafile's speed (src/quickdraft/llama_source.py; README, "Exactness").
-#                      The wheel's version says so: 0.3.36+quickdraft.3. A user's own llama-cpp-python build
-#                      works too: the engine then measures what it verifies exactly and caps K to it.
+#                      The wheel's version says so: 0.3.36+quickdraft.5. A user's own
+#                      llama-cpp-python build works too: the engine then measures what it verifies exactly
+#                      and caps K to it.
 #
 # GPU builds. The llama.cpp backend is picked from the machine, once per make run:
 #   cuda    when nvcc (on PATH or /usr/local/cuda/bin) AND an NVIDIA GPU (`nvidia-smi -L` lists one) exist;

@@ -14,6 +14,7 @@ from quickdraft.bench.compare import find_mismatches, first_difference, first_di
 from quickdraft.bench.llamacpp import generated_text, parse_report
 from quickdraft.bench.prompts import BenchPrompt, PromptSetError
 from quickdraft.bench.records import Config, Run
+from quickdraft.bench.session import cpu_features
 from quickdraft.bench.report import BenchResult, agreement, markdown
 from quickdraft.bench.runner import run_bench
 from quickdraft.bench.server import ServerBackend
@@ -332,3 +333,9 @@ def test_against_llamacpp_end_to_end(tmp_path):
     assert all(0 < r.peak_rss_bytes < 2**31 for r in theirs)  # the child's memory, not this process's
     assert result.summary["ngram k=3"]["overall"].vs_llamacpp is not None
     assert "Against llama.cpp" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_cpu_features_lists_what_llama_cpp_uses():
+    info = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 0 | LLAMAFILE = 1 | OPENMP = 1 |"
+    assert cpu_features(info) == "SSE3, AVX2, LLAMAFILE, OPENMP"
+    assert cpu_features("") == ""

@@ -165,13 +165,46 @@ def test_entry_cost_is_spread_over_the_horizon():
 
 def test_acceptance_counts_positions_tried():
     s = AcceptanceStats()
-    s.observe(drafted=4, accepted=2, decay=1.0)  # positions 0, 1 accepted, 2 rejected, 3 never tried
-    s.observe(drafted=0, accepted=0, decay=1.0)  # no proposal
+    s.observe(drafted=4, accepted=2, cap=4, decay=1.0)  # positions 0, 1 accepted, 2 rejected, 3 never tried
+    s.observe(drafted=0, accepted=0, cap=4, decay=1.0)  # no proposal
     assert s.tried == [1, 1, 1]
     assert s.accepted == [1, 1, 0]
     assert s.asked == 2 and s.proposed == 1
     rates = s.position_rates(prior=0.5, n=4, weight=1e-9)
     assert rates[:3] == pytest.approx([1.0, 1.0, 0.0], abs=1e-6)
+
+
+def test_reach_counts_how_far_proposals_go_when_allowed():
+    s = AcceptanceStats()
+    s.begin(2, cap=8, decay=1.0)  # stopped after 2 of 8 allowed
+    s.begin(4, cap=4, decay=1.0)  # as long as allowed: says nothing about position 4 and beyond
+    s.begin(0, cap=8, decay=1.0)  # no proposal: says nothing about length
+    assert s.reached[1:] == [2, 2, 1]
+    assert s.went_on[1:] == [2, 1, 1]
+    reach = s.reach_rates(6, weight=1e-9)
+    # longer than 0: always; than 1: 2/2; than 2: 1/2 more; than 3: 1/1 of those; beyond: nothing known -> 1
+    assert reach == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.5, 0.5], abs=1e-6)
+    assert AcceptanceStats().reach_rates(3) == [1.0, 1.0, 1.0]  # unseen: as long as allowed
+
+
+def test_best_k_counts_a_proposal_by_its_likely_length():
+    verify = [0.0] + [0.010 + 0.005 * (n - 1) for n in range(1, 18)]
+    rates = [0.9] * 16
+    full = best_k(rates, 1.0, 0.0, verify)
+    same = best_k(rates, 1.0, 0.0, verify, reach=[1.0] * 16)
+    assert full == same
+    # a drafter that never goes past 2 tokens: any k >= 2 is the same round, so they score alike
+    short = [1.0, 1.0] + [0.0] * 14
+    k2 = best_k(rates[:2], 1.0, 0.0, verify, reach=short[:2])[1]
+    k9 = best_k(rates[:9], 1.0, 0.0, verify, reach=short[:9])
+    assert k9[1] == pytest.approx(k2)
+    tokens, seconds = 1 + 0.9 + 0.81, verify[3]
+    assert k2 == pytest.approx(tokens / seconds)
+    # half its proposals stop at 1 token: expected tokens and cost mix the two lengths
+    half = [1.0, 0.5]
+    k, rate = best_k([0.9, 0.9], 1.0, 0.0, verify, reach=half)
+    expected_2 = (1 + 0.9 + 0.5 * 0.81) / (0.5 * verify[2] + 0.5 * verify[3])
+    assert rate == pytest.approx(max(expected_2, 1.9 / verify[2]))
 
 
 def test_verify_fit_follows_measurements():

@@ -35,13 +35,14 @@ def test_patches_apply_once_and_leave_the_rest(tmp_path):
 
 
 def test_another_llama_cpp_is_refused_not_half_patched(tmp_path):
-    rel, first_old, _ = llama_source.PATCHES[0]
-    (tmp_path / rel).parent.mkdir(parents=True)
-    changed = "// a llama.cpp whose sgemm.cpp kept only the first text\n" + first_old
-    (tmp_path / rel).write_text(changed)
+    root = shipped_tree(tmp_path)
+    rel, last_old, _ = llama_source.PATCHES[-1]
+    changed = (root / rel).read_text().replace(last_old, "// another llama.cpp's text\n")
+    (root / rel).write_text(changed)  # every other patch's text is there: none may be applied
+    before = {r: (root / r).read_text() for r, _, _ in llama_source.PATCHES}
     with pytest.raises(llama_source.SourceError, match="another llama.cpp version"):
-        llama_source.patch_llama_cpp(tmp_path)
-    assert (tmp_path / rel).read_text() == changed  # nothing written
+        llama_source.patch_llama_cpp(root)
+    assert {r: (root / r).read_text() for r in before} == before  # nothing written
 
 
 def test_the_version_says_it_is_patched(tmp_path):

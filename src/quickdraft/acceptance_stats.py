@@ -1,9 +1,10 @@
 """How often each drafter's tokens are accepted, as the adaptive controller (quickdraft.controller) needs to
 know it.
 
-A drafter's worth is two numbers per position: p, how often it proposes anything at all (the n-gram drafter
-often has no match), and a_i, the rate at which draft position i is accepted once the positions before it
-were. Both are counted per request (`AcceptanceStats`), with older rounds fading, so a request that changes
+A drafter's worth is three numbers per position: p, how often it proposes anything at all (the n-gram
+drafter often has no match), a_i, the rate at which draft position i is accepted once the positions before it
+were, and r_i, how often a proposal is longer than i tokens (a drafter may stop short of the k it was asked
+for: the n-gram drafter drafts only as far as the context backs it; a draft model always gives k). Both are counted per request (`AcceptanceStats`), with older rounds fading, so a request that changes
 character (a RAG answer that stops quoting) is followed. Their prior is what earlier requests of the engine
 saw (`AcceptanceHistory`, shared); optimistic for a drafter never seen, so that every drafter gets tried.
 
@@ -44,12 +45,26 @@ class AcceptanceStats:
     accepted: list[float] = field(default_factory=list)
     asked: float = 0.0
     proposed: float = 0.0
+    # position i >= 1 (index 0 unused): proposals that reached i tokens while allowed more, and those that
+    # went on past i
+    reached: list[float] = field(default_factory=list)
+    went_on: list[float] = field(default_factory=list)
 
-    def begin(self, proposed: bool, decay: float = DECAY) -> None:
+    def begin(self, length: int, cap: int, decay: float = DECAY) -> None:
+        """A proposal of `length` tokens, made when `cap` were allowed."""
         self.tried = [x * decay for x in self.tried]
         self.accepted = [x * decay for x in self.accepted]
+        self.reached = [x * decay for x in self.reached]
+        self.went_on = [x * decay for x in self.went_on]
         self.asked = self.asked * decay + 1
-        self.proposed = self.proposed * decay + (1 if proposed else 0)
+        self.proposed = self.proposed * decay + (1 if length else 0)
+        for i in range(1, min(length, cap - 1) + 1):
+            while len(self.reached) <= i:
+                self.reached.append(0.0)
+                self.went_on.append(0.0)
+            self.reached[i] += 1
+            if length > i:
+                self.went_on[i] += 1
 
     def score(self, position: int, hit: bool) -> None:
         while len(self.tried) <= position:
@@ -59,9 +74,10 @@ class AcceptanceStats:
         if hit:
             self.accepted[position] += 1
 
-    def observe(self, drafted: int, accepted: int, decay: float = DECAY) -> None:
-        """A verified round: positions 0..accepted-1 accepted, position `accepted` rejected if drafted."""
-        self.begin(drafted > 0, decay)
+    def observe(self, drafted: int, accepted: int, cap: int, decay: float = DECAY) -> None:
+        """A verified round of `drafted` tokens when `cap` were allowed: positions 0..accepted-1 accepted,
+        position `accepted` rejected if drafted."""
+        self.begin(drafted, cap, decay)
         for i, hit in decided_positions(drafted, accepted):
             self.score(i, hit)
 
@@ -76,6 +92,16 @@ class AcceptanceStats:
             tried = self.tried[i] if i < len(self.tried) else 0.0
             ok = self.accepted[i] if i < len(self.accepted) else 0.0
             rates.append((ok + weight * pooled) / (tried + weight))
+        return rates
+
+    def reach_rates(self, n: int, weight: float = PRIOR_WEIGHT) -> list[float]:
+        """r_0..r_(n-1): the chance that a proposal, when made, is longer than i tokens (r_0 = 1). Each step
+        on is a rate shrunk toward 1 (a proposal as long as allowed, as a draft model's always is)."""
+        rates = [1.0]
+        for i in range(1, n):
+            reached = self.reached[i] if i < len(self.reached) else 0.0
+            went_on = self.went_on[i] if i < len(self.went_on) else 0.0
+            rates.append(rates[-1] * (went_on + weight) / (reached + weight))
         return rates
 
     def proposal_rate(self, prior: float, weight: float = PRIOR_WEIGHT) -> float:

@@ -1,16 +1,20 @@
 """The adaptive drafter behind `draft="auto"`: each round, the drafter and k with the most expected tokens per
 second, from what this engine has measured.
 
-A round with drafter d and k draft tokens emits, on average,
+A round with drafter d allowed k draft tokens emits, on average,
 
-    E[tokens] = (1 - p) * 1 + p * (1 + a0 + a0*a1 + ... + a0*a1*...*a(k-1))
+    E[tokens] = (1 - p) * 1 + p * (1 + r0*a0 + r1*a0*a1 + ... + r(k-1)*a0*a1*...*a(k-1))
 
 where p is how often d proposes anything at all (the n-gram drafter often has no match; a round without a
-proposal is an ordinary target step) and a_i is the rate at which draft position i is accepted once the
-positions before it were. With one rate a for every position the sum is (1 - a^(k+1)) / (1 - a), the
-formula of `acceptance.expected_accepted`. The round costs
+proposal is an ordinary target step), a_i is the rate at which draft position i is accepted once the
+positions before it were, and r_i how often a proposal is longer than i tokens (1 for a draft model, which
+always drafts k; the n-gram drafter stops where the context stops backing it). With every r_i = 1 and one
+rate a for every position the sum is (1 - a^(k+1)) / (1 - a), the formula of `acceptance.expected_accepted`.
+The round costs
 
-    E[seconds] = draft(d, k) + (1 - p) * verify(1) + p * verify(k + 1)
+    E[seconds] = draft(d, 1) * E[length] + (1 - p) * verify(1) + p * E[verify(length + 1)]
+
+over the proposal's length, k at most (its distribution comes from the r_i).
 
 and the target alone costs verify(1) for one token. The controller picks the largest E[tokens] / E[seconds];
 "none" (the target alone) is one of the options, so speculation is off whenever it does not pay, and also
@@ -94,19 +98,28 @@ def best_k(
     verify: Sequence[float],
     entry_seconds: float = 0.0,
     horizon: int = HORIZON_TOKENS,
+    reach: Sequence[float] | None = None,
 ) -> tuple[int, float]:
     """(k, expected tokens/s) maximising E[tokens] / E[seconds] over k = 1..len(rates); `entry_seconds`, a
-    one-off cost, is spread over `horizon` tokens. verify[n]: seconds to verify n tokens."""
+    one-off cost, is spread over `horizon` tokens. verify[n]: seconds to verify n tokens. reach[i]: the
+    chance that a proposal is longer than i tokens (default: always as long as allowed)."""
     p = proposal_rate
     v1 = verify[1]
+    r = list(reach) if reach is not None else [1.0] * len(rates)
+    r.append(0.0)  # past the last k considered, nothing is drafted
     best = (1, 0.0)
     run = 1.0  # probability that positions 0..k-1 are all accepted
-    proposed_tokens = 1.0  # E[tokens | a proposal of k tokens]
+    proposed_tokens = 1.0  # E[tokens | a proposal, k allowed]
+    length = 0.0  # E[length | a proposal, k allowed]
+    shorter = 0.0  # sum over L < k of P(length = L) * verify(L + 1)
     for k, a in enumerate(rates, start=1):
         run *= a
-        proposed_tokens += run
+        proposed_tokens += r[k - 1] * run
+        length += r[k - 1]
+        verify_proposal = shorter + r[k - 1] * verify[k + 1]  # a proposal as long as k: verify(k + 1)
+        shorter += (r[k - 1] - r[k]) * verify[k + 1]
         tokens = (1 - p) + p * proposed_tokens
-        seconds = k * draft_seconds_per_token + (1 - p) * v1 + p * verify[k + 1]
+        seconds = length * draft_seconds_per_token + (1 - p) * v1 + p * verify_proposal
         rate = effective_rate(tokens / seconds, entry_seconds, horizon)
         if rate > best[1]:
             best = (k, rate)
@@ -198,7 +211,7 @@ class AdaptiveController:
         costs.observe_draft(name, outcome.k, self.unseen(name, at), outcome.draft_seconds)
         if self._probing:
             self._after_probe(name, outcome.judged, outcome.accepted)
-        self._record(name, outcome.judged, outcome.accepted)
+        self._record(name, outcome.judged, outcome.accepted, outcome.k)
         self._seen[name] = at + outcome.accepted
         self._shadows.pop(name, None)  # it drafted for real: its undecided shadow positions stay unscored
 
@@ -237,6 +250,7 @@ class AdaptiveController:
                 verify,
                 costs.catchup_seconds(d.name, self.unseen(d.name, context_len)),
                 self.horizon,
+                stats.reach_rates(self.max_k),
             )
             out.append(Option(d.name, k, rate))
         return out
@@ -287,14 +301,14 @@ class AdaptiveController:
                 continue
             tokens = d.propose(context, self.max_k, self._sampling)
             self._seen[d.name] = len(context)
-            self._stats[d.name].begin(bool(tokens))
+            self._stats[d.name].begin(len(tokens), self.max_k)
             self.machine.history.begin(d.name, bool(tokens))
             if tokens:
                 self._shadows.setdefault(d.name, []).append(Shadow(d.name, len(context), tokens))
 
-    def _record(self, name: str, drafted: int, accepted: int) -> None:
+    def _record(self, name: str, drafted: int, accepted: int, cap: int) -> None:
         """A verified round."""
-        self._stats[name].observe(drafted, accepted)
+        self._stats[name].observe(drafted, accepted, cap)
         self.machine.history.begin(name, drafted > 0)
         for _, hit in decided_positions(drafted, accepted):
             self.machine.history.score(name, hit)

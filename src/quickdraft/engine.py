@@ -66,7 +66,7 @@ class Engine:
         n_ctx: int = 4096,
         threads: int | None = None,
         ngram_max: int = 4,
-        ngram_min: int = 2,
+        ngram_min: int = 1,
         chat_template: str | None = None,
         exact: bool = True,
         rpc_servers: Sequence[str] = (),

@@ -5,7 +5,7 @@ Stdlib only, so the Makefile runs it before anything is installed:
     CMAKE_ARGS="-DGGML_RPC=on" python3 src/quickdraft/llama_source.py wheel 0.3.36 OUT_DIR
 
 fetches llama-cpp-python's source with pip, applies PATCHES, marks the version with LOCAL_LABEL
-(0.3.36 -> 0.3.36+quickdraft.3: `llama-cpp-python==0.3.36` still matches it, and whoever looks at the
+(0.3.36 -> 0.3.36+quickdraft.5: `llama-cpp-python==0.3.36` still matches it, and whoever looks at the
 installed version sees a patched build) and builds a wheel into OUT_DIR. `llama_build` applies the same
 patches to the source it builds llama.cpp's programs (rpc-server, ...) from, so a worker rounds as we do.
 
@@ -18,6 +18,12 @@ weights, the F16 KV cache) they keep 4 partial sums where tinyBLAS keeps one, so
 The patch sends float matrices through tinyBLAS for one token too, with a matrix-vector loop that does
 tinyBLAS's arithmetic. One token, a verification batch and a prompt chunk then round alike, and prompts and
 verification batches run at llamafile's speed (about 2x ggml's for prompts on this machine).
+
+What was tried and measured (README, "Exactness"): quickdraft.1-3 summed 4-8 rows at once in that loop,
+which on an AVX-512 machine ran one-token F16 steps at two thirds of stock's speed; quickdraft.4 kept float
+matrices on ggml's dot product for batches of up to 32 tokens instead (one-token steps at stock's speed, but
+a verification batch of 17 tokens at 4-5x a step instead of tinyBLAS's 2.3-2.8x). quickdraft.5 reads one
+row at a time: one-token steps at stock's speed and tinyBLAS's batches.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-LOCAL_LABEL = "quickdraft.3"  # change it with PATCHES: it names the wheel folder, the tools and the probe cache
+LOCAL_LABEL = "quickdraft.5"  # change it with PATCHES: it names the wheel folder, the tools and the probe cache
 
 # (file under vendor/llama.cpp, text as shipped, text quickdraft builds): llamafile's tinyBLAS takes float
 # matrices (F32, F16, BF16: the F16 KV cache, F16 weights) for single tokens too, through a matrix-vector
@@ -65,12 +71,7 @@ PATCHES = [
         "        if (k % KN != 0)\n"
         "            return false;\n"
         "        if (n == 1) {  // quickdraft: one token (see gemv)\n"
-        "            if (m % 4 != 0)\n"
-        "                return false;\n"
-        "            if (m % 8 == 0)\n"
-        "                gemv<8>(m);\n"
-        "            else\n"
-        "                gemv<4>(m);\n"
+        "            gemv(m);\n"
         "            return true;\n"
         "        }\n"
         "        // compute RM for only need tile with size RM&RM-1\n",
@@ -84,29 +85,23 @@ PATCHES = [
         "            return gemm<RM, RN, BM>(m, n, BN);\n",
         "  private:\n"
         "    // quickdraft: matrix times one vector. Each output is what gemm_bloc computes (one running sum,\n"
-        "    // madd in k order, hsum), RM rows at a time so the sums' latencies overlap; rows are split evenly\n"
-        "    // between threads, without the chunk counter or barriers gemm needs. While a tile is summed, the\n"
-        "    // next tile's rows are prefetched, a cache line each as the loop reaches it (one token reads every\n"
-        "    // weight once from memory; prefetching past the last row is harmless: prefetches never fault).\n"
-        "    template <int RM>\n"
+        "    // madd in k order, hsum). Rows are read one after the other, a single stream from memory as in\n"
+        "    // ggml's own single-token dot product (interleaving 4-8 rows ran at 2/3 of its speed on an AVX-512\n"
+        "    // machine); out-of-order execution overlaps one row's sum with the next's. Rows are split evenly\n"
+        "    // between threads, without the chunk counter or barriers gemm needs, and the next row is\n"
+        "    // prefetched a cache line at a time (past the last row is harmless: prefetches never fault).\n"
         "    void gemv(int64_t m) {\n"
         "        constexpr int64_t LINE = 64 / sizeof(TA);\n"
-        "        const int64_t tiles = m / RM;\n"
-        "        const int64_t duty = (tiles + params->nth - 1) / params->nth;\n"
-        "        const int64_t end = std::min(tiles, duty * (params->ith + 1));\n"
-        "        for (int64_t t = duty * params->ith; t < end; ++t) {\n"
-        "            const int64_t ii = t * RM;\n"
-        "            D Cv[RM] = {};\n"
+        "        const int64_t duty = (m + params->nth - 1) / params->nth;\n"
+        "        const int64_t end = std::min(m, duty * (params->ith + 1));\n"
+        "        for (int64_t i = duty * params->ith; i < end; ++i) {\n"
+        "            D Cv = {};\n"
         "            for (int64_t l = 0; l < k; l += KN) {\n"
-        "                V Bv = load<V>(B + l);\n"
-        "                for (int64_t i = 0; i < RM; ++i) {\n"
-        "                    if (l % LINE == 0)\n"
-        "                        __builtin_prefetch(A + lda * (ii + RM + i) + l);\n"
-        "                    Cv[i] = madd(load<V>(A + lda * (ii + i) + l), Bv, Cv[i]);\n"
-        "                }\n"
+        "                if (l % LINE == 0)\n"
+        "                    __builtin_prefetch(A + lda * (i + 1) + l);\n"
+        "                Cv = madd(load<V>(A + lda * i + l), load<V>(B + l), Cv);\n"
         "            }\n"
-        "            for (int64_t i = 0; i < RM; ++i)\n"
-        "                C[ii + i] = hsum(Cv[i]);\n"
+        "            C[i] = hsum(Cv);\n"
         "        }\n"
         "    }\n"
         "\n"
@@ -153,7 +148,7 @@ class SourceError(RuntimeError):
 
 
 def base_version(version: str) -> str:
-    """0.3.36+quickdraft.3 -> 0.3.36"""
+    """0.3.36+quickdraft.5 -> 0.3.36"""
     return version.split("+", 1)[0]
 
 

@@ -105,6 +105,6 @@ def load_drafter(spec: str, tokenizer: LlamaModel, *, n_ctx: int = 4096, threads
     return ModelDrafter(model)
 
 
-def standard_drafters(ngram_max: int = 4, ngram_min: int = 2) -> dict[str, Drafter]:
+def standard_drafters(ngram_max: int = 4, ngram_min: int = 1) -> dict[str, Drafter]:
     """The drafters every engine has: none (the target alone) and ngram (prompt lookup)."""
     return {"none": NoDrafter(), "ngram": NgramDrafter(ngram_max, ngram_min)}

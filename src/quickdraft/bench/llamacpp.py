@@ -6,7 +6,8 @@ those in QUICKDRAFT_LLAMA_BIN:
 - a draft model: `llama-speculative-simple --spec-type draft-simple -md DRAFT --spec-draft-n-max K`
   (p-min 0 and n-min 0, so it drafts exactly K tokens a round, as ours does);
 - n-gram: `llama-lookup --spec-draft-n-max K`, llama.cpp's prompt-lookup decoding (its n-gram cache over the
-  context, n = 1..4; ours looks up the longest of n = 4..2: the same idea, not the same lookup);
+  context, n = 1..4, with its thresholds; ours, quickdraft.drafters.NgramDrafter, follows the same rule and
+  thresholds, breaking ties by the latest follower; llama.cpp's static and dynamic caches are empty here);
 - the target alone: `llama-lookup --spec-draft-n-max 0`, which then decodes one token per target pass.
 
 Each generation is one process: the prompt our chat template renders (as text; llama.cpp adds the BOS token

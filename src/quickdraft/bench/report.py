@@ -199,7 +199,8 @@ def markdown(result: BenchResult) -> str:
         f"Run on {result.date[:10]} ({result.date}) on {result.machine_summary}. "
         f"{s['prompt_set']}: {s['prompts']} prompts, {s['turns']} turns, up to {s['max_tokens']} tokens each, "
         f"{'greedy' if s['temperature'] == 0 else 'temperature ' + str(s['temperature'])}; "
-        + (f"target `{s['target']}`, {s['threads']} threads." if s.get("target") else f"server {s.get('server')}."),
+        + (f"target `{s['target']}`, {s['threads']} threads." if s.get("target") else f"server {s.get('server')}.")
+        + (f" llama.cpp `{s['llama_cpp_python']}`, CPU features {s['llama_cpp_cpu']}." if s.get("llama_cpp_cpu") else ""),
         "",
         *overall_table(result),
         "",

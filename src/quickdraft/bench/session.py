@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -48,6 +49,12 @@ class BenchSettings:
     exact: bool = True  # cap K where llama.cpp's kernels stop verifying bit-exactly, as Engine.load does
     placement: Placement | None = None  # each model's GPU layers, GPU, threads (None: auto, as Engine.load)
     command: str = "quickdraft bench"
+
+
+def cpu_features(llama_system_info: str) -> str:
+    """The CPU features llama.cpp uses here, from its system info: "AVX = 1 | AVX2 = 1 | AVX512 = 0 | ..." ->
+    "AVX, AVX2" (kernels, and so speed, differ with them: an AVX-512 machine is not an AVX2 one)."""
+    return ", ".join(name for name, on in re.findall(r"(\w+) = (\d+)", llama_system_info) if on != "0")
 
 
 def effective_ks(ks: Sequence[int], cap: int | None) -> list[int]:
@@ -160,7 +167,7 @@ def run(settings: BenchSettings, *, on_start: Callable[[int], None] | None = Non
         on_run: Callable[[Run], None] | None = None) -> BenchResult:
     """Everything `quickdraft bench` does but print. on_start(n) gets the number of generations ahead."""
     from quickdraft.hardware import detect, pick_draft
-    from quickdraft.llama_model import default_threads
+    from quickdraft.llama_model import default_threads, system_info
 
     check(settings)
     set_name, selected = load_prompts(settings)
@@ -232,6 +239,7 @@ def run(settings: BenchSettings, *, on_start: Callable[[int], None] | None = Non
             "repeat": settings.repeat, "exact": settings.exact,
             "placement": (settings.placement or Placement()).model_dump(mode="json"),
             "quickdraft": quickdraft.__version__, "llama_cpp_python": version("llama-cpp-python"),
+            "llama_cpp_cpu": cpu_features(system_info()["system_info"]),
         },
         configs=configs,
         runs=runs,
