@@ -4,9 +4,10 @@ know it.
 A drafter's worth is three numbers per position: p, how often it proposes anything at all (the n-gram
 drafter often has no match), a_i, the rate at which draft position i is accepted once the positions before it
 were, and r_i, how often a proposal is longer than i tokens (a drafter may stop short of the k it was asked
-for: the n-gram drafter drafts only as far as the context backs it; a draft model always gives k). Both are counted per request (`AcceptanceStats`), with older rounds fading, so a request that changes
-character (a RAG answer that stops quoting) is followed. Their prior is what earlier requests of the engine
-saw (`AcceptanceHistory`, shared); optimistic for a drafter never seen, so that every drafter gets tried.
+for: the n-gram drafter drafts only as far as the context backs it; a draft model always gives k). All are
+counted per request (`AcceptanceStats`), with older rounds fading, so a request that changes character (a
+RAG answer that stops quoting) is followed. The prior of p and a_i is what earlier requests of the engine saw
+(`AcceptanceHistory`, shared); optimistic for a drafter never seen, so that every drafter gets tried.
 
 Counts come from verified rounds, where a round decides its positions at once, and from shadow proposals
 (`Shadow`): proposals made but not verified, scored token by token against what the target emits. Scoring a

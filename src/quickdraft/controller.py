@@ -14,9 +14,8 @@ The round costs
 
     E[seconds] = draft(d, 1) * E[length] + (1 - p) * verify(1) + p * E[verify(length + 1)]
 
-over the proposal's length, k at most (its distribution comes from the r_i).
-
-and the target alone costs verify(1) for one token. The controller picks the largest E[tokens] / E[seconds];
+(expectations over the proposal's length, k at most, whose distribution the r_i give), and the target alone
+costs verify(1) for one token. The controller picks the largest E[tokens] / E[seconds];
 "none" (the target alone) is one of the options, so speculation is off whenever it does not pay, and also
 when it promises less than MARGIN over the target alone: such gains are within the error of the estimates,
 and the promise this controller keeps is never to be slower than the target alone.
