@@ -208,10 +208,39 @@ def test_best_k_counts_a_proposal_by_its_likely_length():
 
 
 def test_verify_fit_follows_measurements():
-    fit = VerifyFit.from_samples({1: 0.010, 9: 0.020}, {1: 5, 9: 5})
+    fit = VerifyFit.from_samples({1: 0.010, 5: 0.030, 9: 0.034}, {1: 5, 5: 5, 9: 5})
     assert fit.seconds(1) == pytest.approx(0.010)
-    assert fit.seconds(5) == pytest.approx(0.015)  # a line between the measured sizes
-    assert fit.seconds(17) == pytest.approx(0.030)
+    assert fit.seconds(7) == pytest.approx(0.032)  # a line between the measured batch sizes
+    assert fit.seconds(17) == pytest.approx(0.042)
+    # the one-token step is not on the batches' line (other kernels): it is what was measured, one sample
+    # is enough (the step is the level every cost is relative to), and it does not bend the line
+    fit = VerifyFit.from_samples({1: 0.019, 3: 0.038, 5: 0.041}, {1: 1, 3: 5, 5: 5})
+    assert fit.seconds(1) == pytest.approx(0.019)
+    assert fit.seconds(2) == pytest.approx(0.0365)
+    # no step measured yet: the line (here through one size, with the prior's slope) stands for it
+    fit = VerifyFit.from_samples({9: 0.020}, {9: 5})
+    assert fit.seconds(1) == pytest.approx(0.020 / (1 + 8 / 7))
+
+
+def cpu_verify(n: int) -> float:
+    """Gemma 3 270M F16 on 2 cores, as measured (quickdraft.5 build): one token 19 ms, then 2 tokens ~2x that
+    (batch kernels), and ~4.6 ms per token more."""
+    return 19.0 if n == 1 else 36.0 + 4.6 * (n - 2)
+
+
+def test_a_draft_model_almost_as_slow_as_the_target_is_not_chosen():
+    """A draft model at 0.7 of a target step per token never pays, however good its drafts: with the
+    verify curve above and 97% acceptance, its best k (6) gives ~46 tok/s against the target alone's 53. The
+    controller once kept choosing it on a fresh engine, because it compared with a target-alone step
+    extrapolated from the batch sizes (~1.7x too slow) before it had measured one."""
+    world = World(cpu_verify, {"model": 13.3}, lambda d, r: 0.97)
+    best = max(fixed_throughput(world, "model", k, 0.97) for k in range(1, 17))
+    assert best < 0.9 * 1000 / 19.0
+    sim = Sim(world, seed=3)
+    controller = sim.controller("model")
+    log = simulate(controller, sim, 300)
+    assert log.speculating(start=20) < 0.1
+    assert log.throughput() >= 0.95 * 1000 / 19.0
 
 
 # ---- the controller in simulated worlds ----------------------------------------------------------------
@@ -387,10 +416,15 @@ def test_catchup_is_the_context_a_drafter_has_not_processed():
     context = [1, 2, 3, 4]  # a prompt of 3, and the prefill round's token
     controller.start(context[:3], SAMPLING)
     assert controller.unseen("draft", len(context)) == 3
+    drafter, k = controller.choose(context)  # a fresh engine measures the target alone's step first
+    assert (drafter.name, k) == ("none", 0)
+    context += [5]
+    controller.observe(Round([5], None, "none", 0, 0, 0, 0.0, 0.010), context)
+    assert controller.unseen("draft", len(context)) == 4
     drafter, k = controller.choose(context)  # never seen, optimistic: it drafts
     assert drafter.name == "draft" and k > 0
-    context += [5, 6]  # one draft token accepted, then the target's
-    controller.observe(Round([5, 6], None, "draft", k, k, 1, 0.001 * k, 0.010), context)
+    context += [6, 7]  # one draft token accepted, then the target's
+    controller.observe(Round([6, 7], None, "draft", k, k, 1, 0.001 * k, 0.010), context)
     assert controller.unseen("draft", len(context)) == 0
     assert controller.unseen("draft", len(context) + 5) == 5
 

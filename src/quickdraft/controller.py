@@ -15,7 +15,8 @@ The round costs
     E[seconds] = draft(d, 1) * E[length] + (1 - p) * verify(1) + p * E[verify(length + 1)]
 
 (expectations over the proposal's length, k at most, whose distribution the r_i give), and the target alone
-costs verify(1) for one token. The controller picks the largest E[tokens] / E[seconds];
+costs verify(1) for one token, measured before anything else (an engine's first round after a prefill is
+the target alone's: every option is compared with it). The controller picks the largest E[tokens] / E[seconds];
 "none" (the target alone) is one of the options, so speculation is off whenever it does not pay, and also
 when it promises less than MARGIN over the target alone: such gains are within the error of the estimates,
 and the promise this controller keeps is never to be slower than the target alone.
@@ -182,8 +183,10 @@ class AdaptiveController:
         best = max(drafting, key=lambda o: o.tokens_per_second, default=none)
         if best.tokens_per_second < MARGIN * none.tokens_per_second:
             best = none
+        if not self.machine.costs.knows_step():  # what every option is compared with is measured first
+            best = none
         self._probing = False
-        if best.drafter == "none" and self._speculative:
+        if best.drafter == "none" and self._speculative and self.machine.costs.knows_step():
             self._off_rounds += 1
             if self._off_rounds >= self._probe_interval:
                 best = self._probe_choice(len(context))

@@ -8,8 +8,12 @@ three are learnt from the rounds themselves, in `MachineCosts`, which one engine
 - each is kept relative to the current step time (the *level*), so a machine that gets busier or quieter
   changes the level, not the shape, and the choice between options (a ratio of tokens to time) depends on
   the shape alone;
-- verify sizes not measured yet come from a line fitted through those that are (`VerifyFit`, `fit_line`),
-  or, before any are, from a prior shape: one more token costs a seventh of a step;
+- verify sizes not measured yet come from a line fitted through the batch sizes (2 and up) that are
+  (`VerifyFit`, `fit_line`), or, before any are, from a prior shape: one more token costs a seventh of a
+  step. The one-token step is never on that line: llama.cpp computes it with other kernels (a
+  matrix-vector loop, not a matrix product), and on a CPU verifying 2 tokens has measured ~2x one step
+  while 4 cost ~2.1x; a line through all sizes would put the target alone's step at ~1.7x its true cost
+  and make speculation look better than it is;
 - unmeasured drafting and catch-up costs count as zero: optimism gets a new drafter tried, and one round
   measures it.
 """
@@ -63,12 +67,13 @@ class MachineCosts:
 
     A busy machine slows everything alike, so costs are kept relative to `level`, the seconds of one target
     step *now*: a moving average of one-token verifications (target-alone rounds, and n-gram rounds that
-    found no match). Each cost is a median of recent samples in units of the level at the time: verifying
-    n tokens, one drafted token per drafter, one context token caught up on per drafter. A load change moves
-    the level, not the shape, and the choice between options (a ratio of tokens to time) depends on the
-    shape alone. (The level is anchored to one size on purpose: fed by every size through the fitted shape,
-    a shape that underestimates long verifications would raise the level during speculation and so
-    confirm itself.)"""
+    found no match), and, while speculation leaves few of those, of what each verification of a size with
+    an established median (MIN_SAMPLES samples) says a step costs (its seconds over that median). Each cost
+    is a median of recent samples in units of the level at the time: verifying n tokens, one drafted token
+    per drafter, one context token caught up on per drafter. A load change moves the level, not the shape,
+    and the choice between options (a ratio of tokens to time) depends on the shape alone. (Only measured
+    medians move the level, never the fitted line: a line that underestimated long verifications would
+    raise the level during speculation and so confirm itself.)"""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -85,9 +90,13 @@ class MachineCosts:
         with self._lock:
             if self._level is None:  # until a one-token verification comes, scale the prior shape
                 self._level = seconds / self._shape_locked(n_tokens)[n_tokens]
+            known = self._verify.get(n_tokens)
+            established = known.value if known is not None and known.count >= MIN_SAMPLES else None
             self._verify.setdefault(n_tokens, RecentMedian()).add(seconds / self._level)
             if n_tokens == 1 and self._anchored:
                 self._level += LEVEL_RATE * (seconds - self._level)
+            elif established is not None and self._anchored:  # what this size says a step costs now
+                self._level += LEVEL_RATE * (seconds / established - self._level)
             elif n_tokens == 1:  # the first one-token verification: re-express what was kept in its units
                 for table in (self._verify, self._draft, self._catchup):
                     for m in table.values():
@@ -98,7 +107,9 @@ class MachineCosts:
             self._verify_samples += 1
 
     def observe_draft(self, drafter: str, k: int, catchup_tokens: int, seconds: float) -> None:
-        """A round's drafting time; rounds that caught up on many tokens teach the catch-up cost instead."""
+        """A round's drafting time. A round that caught up on many tokens teaches the catch-up cost (less
+        the drafting, where that is known); one that caught up on a few teaches the drafting cost, less the
+        catch-up, where that is known (a probe after a few rounds off is such a round)."""
         if k <= 0:
             return
         with self._lock:
@@ -110,6 +121,9 @@ class MachineCosts:
             elif catchup_tokens >= ENTRY_CATCHUP:
                 rest = max(0.0, relative - k * self._relative(self._draft, drafter))
                 self._catchup.setdefault(drafter, RecentMedian()).add(rest / catchup_tokens)
+            elif drafter in self._catchup:
+                rest = max(0.0, relative - catchup_tokens * self._relative(self._catchup, drafter))
+                self._draft.setdefault(drafter, RecentMedian()).add(rest / k)
 
     def _shape_locked(self, max_tokens: int) -> list[float]:
         """Refitted after every observation while few are in, then every REFIT_EVERY (choosing stays cheap)."""
@@ -144,6 +158,11 @@ class MachineCosts:
         with self._lock:
             return n_tokens * self._relative(self._catchup, drafter) * (self._level or 0.0)
 
+    def knows_step(self) -> bool:
+        """A one-token verification (the target alone's step) has been measured."""
+        with self._lock:
+            return self._anchored
+
     def has_draft_cost(self, drafter: str) -> bool:
         with self._lock:
             return drafter in self._draft
@@ -166,8 +185,9 @@ class MachineCosts:
 
 @dataclass(frozen=True)
 class VerifyFit:
-    """Verify cost of n tokens (relative to the level): the median where n has enough samples, else a line
-    intercept + slope * (n - 1) through the measured points (slope >= 0), else the prior shape."""
+    """Verify cost of n tokens (relative to the level): the median where n has enough samples (for one
+    token: any sample), else a line intercept + slope * (n - 1) through the measured batch sizes
+    (n >= 2; slope >= 0), else the prior shape."""
 
     medians: dict[int, float]
     counts: dict[int, int]
@@ -176,11 +196,12 @@ class VerifyFit:
 
     @classmethod
     def from_samples(cls, medians: dict[int, float], counts: dict[int, int]) -> "VerifyFit":
-        intercept, slope = fit_line(medians, counts)
+        batches = {n: t for n, t in medians.items() if n >= 2}
+        intercept, slope = fit_line(batches, counts) if batches else fit_line(medians, counts)
         return cls(medians, counts, intercept, slope)
 
     def seconds(self, n: int) -> float:
-        if self.counts.get(n, 0) >= MIN_SAMPLES:
+        if self.counts.get(n, 0) >= (1 if n == 1 else MIN_SAMPLES):
             return self.medians[n]
         return self.intercept + self.slope * (n - 1)
 
