@@ -368,6 +368,27 @@ def test_costs_stay_true_when_speculation_comes_and_goes():
     assert log.throughput() >= 0.97 * 1000 / 18.0
 
 
+def test_slow_samples_taken_in_a_busy_moment_do_not_keep_a_good_drafter_off():
+    """Two batch verifications measured 10x too slow (another process had the cores), then the machine is
+    quiet: the n-gram drafter's shadow record says its drafts are good, but the verify line through those
+    two samples says they cannot pay, and only real rounds re-measure verification. Probes at the k its
+    record asks for (while that size has few samples) must bring it back."""
+    world = World(linear_verify(10.0, 1.0), {"ngram": 0.0001}, lambda d, r: 0.95)
+    machine = MachineModel()
+    costs = machine.costs
+    for _ in range(5):
+        costs.observe_verify(1, 0.010)
+    costs.observe_verify(6, 0.150)
+    costs.observe_verify(17, 0.260)
+    costs.observe_draft("ngram", 4, 0, 0.0000004)
+    sim = Sim(world, seed=11)
+    controller = sim.controller("ngram", machine=machine)
+    assert max(o.tokens_per_second for o in controller.options(50)[1:]) < controller.options(50)[0].tokens_per_second
+    log = simulate(controller, sim, 600)
+    assert log.speculating(start=300) > 0.9
+    assert log.throughput(start=300) > 2 * 1000 / 10.0
+
+
 def test_machine_costs_are_shared_acceptance_is_per_request():
     machine = MachineModel()
     sim = Sim(World(linear_verify(10.0, 1.0), {"draft": 1.0}, lambda d, r: 0.9))

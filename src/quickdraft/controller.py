@@ -265,12 +265,24 @@ class AdaptiveController:
 
     def _probe_choice(self, context_len: int) -> Option:
         """A small-k round with the drafter that would pay most if its drafts were good again; none if no
-        drafter could pay on this machine even at OPTIMISTIC_ACCEPTANCE."""
+        drafter could pay on this machine even at OPTIMISTIC_ACCEPTANCE.
+
+        A drafter judged in shadow has a fresh acceptance record, but the verify costs it is weighed with
+        come only from real rounds: a few slow samples (a busy moment) would keep it off for good. So it is
+        probed too, at the k its record would choose if verifying cost what the prior shape says, as long
+        as that verify size has fewer than MIN_SAMPLES samples and the prior says it would pay."""
         costs = self.machine.costs
         verify = costs.verify_curve(self.max_k + 1)
         candidates = []
         for d in self._speculative:
-            if self.shadowable(d.name):  # its record is fresh already
+            if self.shadowable(d.name):  # its record is fresh already; its costs may not be
+                a_prior, p_prior = self._priors[d.name]
+                stats = self._stats[d.name]
+                k, rate = best_k(stats.position_rates(a_prior, self.max_k), stats.proposal_rate(p_prior),
+                                 costs.draft_seconds(d.name, 1), costs.prior_curve(self.max_k + 1),
+                                 reach=stats.reach_rates(self.max_k))
+                if not costs.established(k + 1):
+                    candidates.append(Option(d.name, k, rate))
                 continue
             _, rate = best_k(
                 [OPTIMISTIC_ACCEPTANCE] * self.max_k, 1.0, costs.draft_seconds(d.name, 1), verify,
@@ -318,7 +330,7 @@ class AdaptiveController:
     def _after_probe(self, name: str, drafted: int, accepted: int) -> None:
         if drafted == 0:  # no proposal: nothing learnt about acceptance, try again next interval
             return
-        if accepted == drafted:  # the text changed: forget the stale record
+        if accepted == drafted and not self.shadowable(name):  # the text changed: forget the stale record
             self._stats[name] = AcceptanceStats()
             self._probe_interval = FIRST_PROBE_INTERVAL
         else:

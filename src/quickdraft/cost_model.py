@@ -143,6 +143,19 @@ class MachineCosts:
             level = self._level if self._level is not None else PRIOR_STEP_SECONDS
             return [level * x for x in self._shape_locked(max_tokens)]
 
+    def prior_curve(self, max_tokens: int) -> list[float]:
+        """The prior shape at the current level (one more token costs a seventh of a step): what verifying
+        costs if nothing measured so far is to be believed (a controller's exploration)."""
+        with self._lock:
+            level = self._level if self._level is not None else PRIOR_STEP_SECONDS
+        return [0.0] + [level * (1 + PRIOR_EXTRA_TOKEN * (n - 1)) for n in range(1, max_tokens + 1)]
+
+    def established(self, n_tokens: int) -> bool:
+        """Verifying n tokens has MIN_SAMPLES samples: its cost is its own median, not the fitted line."""
+        with self._lock:
+            m = self._verify.get(n_tokens)
+            return m is not None and m.count >= MIN_SAMPLES
+
     def verify_seconds(self, n_tokens: int) -> float:
         return self.verify_curve(n_tokens)[n_tokens]
 

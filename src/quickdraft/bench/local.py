@@ -67,6 +67,8 @@ class LocalBackend:
         record.decode_seconds = s.total_seconds - s.ttft_seconds
         record.rounds, record.drafted, record.accepted = s.rounds, s.drafted, s.accepted
         record.choices = dict(s.choices)
+        if config.draft == "auto":  # why auto chose what it did
+            record.learnt_costs = self.engine.machine.costs.describe()
         record.peak_rss_bytes = peak.bytes
         record.text = result.text
         record.tokens = list(result.tokens)

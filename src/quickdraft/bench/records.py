@@ -44,6 +44,7 @@ class Run:
     finish_reason: str = ""
     error: str | None = None
     repeat_seconds: list[float] = field(default_factory=list)  # every repeat's seconds (this run is the fastest)
+    learnt_costs: dict | None = None  # auto: the engine's learnt costs after this run (MachineCosts.describe)
 
     @property
     def tokens_per_second(self) -> float:
