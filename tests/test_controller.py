@@ -389,6 +389,23 @@ def test_slow_samples_taken_in_a_busy_moment_do_not_keep_a_good_drafter_off():
     assert log.throughput(start=300) > 2 * 1000 / 10.0
 
 
+def test_one_slow_drafting_sample_does_not_keep_a_cheap_drafter_off():
+    """The n-gram lookup's first measured proposal took 30 ms a token (the interpreter paused in it), so it
+    looks too costly to judge in shadow or to use; its drafts are good. Probes must measure it again."""
+    world = World(linear_verify(10.0, 1.0), {"ngram": 0.0001}, lambda d, r: 0.95)
+    machine = MachineModel()
+    for n in (1, 1, 1, 3, 3, 3, 5, 5, 5):
+        machine.costs.observe_verify(n, world.verify_ms(n) / 1e3)
+    machine.costs.observe_draft("ngram", 2, 0, 0.060)
+    sim = Sim(world, seed=13)
+    controller = sim.controller("ngram", machine=machine)
+    assert not controller.shadowable("ngram")
+    assert controller.options(50)[1].tokens_per_second < controller.options(50)[0].tokens_per_second
+    log = simulate(controller, sim, 400)
+    assert log.speculating(start=200) > 0.9
+    assert controller.shadowable("ngram")
+
+
 def test_machine_costs_are_shared_acceptance_is_per_request():
     machine = MachineModel()
     sim = Sim(World(linear_verify(10.0, 1.0), {"draft": 1.0}, lambda d, r: 0.9))

@@ -267,6 +267,8 @@ class AdaptiveController:
         """A small-k round with the drafter that would pay most if its drafts were good again; none if no
         drafter could pay on this machine even at OPTIMISTIC_ACCEPTANCE.
 
+        A drafting cost with fewer than MIN_SAMPLES samples counts as zero here: one slow sample (a pause of
+        the interpreter during a proposal) must not keep a drafter from being measured again.
         A drafter judged in shadow has a fresh acceptance record, but the verify costs it is weighed with
         come only from real rounds: a few slow samples (a busy moment) would keep it off for good. So it is
         probed too, at the k its record would choose if verifying cost what the prior shape says, as long
@@ -284,8 +286,9 @@ class AdaptiveController:
                 if not costs.established(k + 1):
                     candidates.append(Option(d.name, k, rate))
                 continue
+            draft = costs.draft_seconds(d.name, 1) if costs.draft_established(d.name) else 0.0
             _, rate = best_k(
-                [OPTIMISTIC_ACCEPTANCE] * self.max_k, 1.0, costs.draft_seconds(d.name, 1), verify,
+                [OPTIMISTIC_ACCEPTANCE] * self.max_k, 1.0, draft, verify,
                 costs.catchup_seconds(d.name, self.unseen(d.name, context_len)), self.horizon,
             )
             candidates.append(Option(d.name, min(PROBE_K, self.max_k), rate))

@@ -176,6 +176,12 @@ class MachineCosts:
         with self._lock:
             return self._anchored
 
+    def draft_established(self, drafter: str) -> bool:
+        """The drafting cost has MIN_SAMPLES samples (one slow sample is not yet the truth)."""
+        with self._lock:
+            m = self._draft.get(drafter)
+            return m is not None and m.count >= MIN_SAMPLES
+
     def has_draft_cost(self, drafter: str) -> bool:
         with self._lock:
             return drafter in self._draft
