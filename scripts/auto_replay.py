@@ -21,14 +21,18 @@ GREEDY = SamplingParams(temperature=0.0, seed=0)
 
 
 def verify_costs(results: dict) -> dict[int, float]:
-    learnt = next(r["learnt_costs"] for r in results["runs"] if r.get("learnt_costs"))
+    """The learnt verify costs of the auto run that had measured the most sizes."""
+    learnt = max((r["learnt_costs"] for r in results["runs"] if r.get("learnt_costs")),
+                 key=lambda c: len(c["verify_ms"]))
     return {int(n): ms / 1e3 for n, ms in learnt["verify_ms"].items()}
 
 
 def interpolate(table: dict[int, float], n: int) -> float:
+    """Between the nearest measured sizes; a batch size (n >= 2) only from batch sizes (one token runs
+    other kernels and costs about half of two)."""
     if n in table:
         return table[n]
-    sizes = sorted(table)
+    sizes = sorted(s for s in table if s >= 2 or n == 1)
     lo = max((s for s in sizes if s < n), default=sizes[0])
     hi = min((s for s in sizes if s > n), default=sizes[-1])
     return table[lo] if hi == lo else table[lo] + (table[hi] - table[lo]) * (n - lo) / (hi - lo)

@@ -5,8 +5,8 @@ A drafter's worth is three numbers per position: p, how often it proposes anythi
 drafter often has no match), a_i, the rate at which draft position i is accepted once the positions before it
 were, and r_i, how often a proposal is longer than i tokens (a drafter may stop short of the k it was asked
 for: the n-gram drafter drafts only as far as the context backs it; a draft model always gives k). All are
-counted per request (`AcceptanceStats`), with older proposals fading, so a request that changes character
-(a RAG answer that stops quoting) is followed. The prior of p and a_i is what earlier requests of the engine saw
+counted per request (`AcceptanceStats`), with older rounds fading, so a request that changes character (a
+RAG answer that stops quoting) is followed. The prior of p and a_i is what earlier requests of the engine saw
 (`AcceptanceHistory`, shared); optimistic for a drafter never seen, so that every drafter gets tried.
 
 Counts come from verified rounds, where a round decides its positions at once, and from shadow proposals
@@ -52,15 +52,11 @@ class AcceptanceStats:
     went_on: list[float] = field(default_factory=list)
 
     def begin(self, length: int, cap: int, decay: float = DECAY) -> None:
-        """A proposal of `length` tokens, made when `cap` were allowed. Asking fades the proposal rate's
-        counts; only a proposal made fades what proposals were like (acceptance, length): a run of rounds
-        without a match says nothing about how good the next match will be, and must not wash out the
-        rejections seen before it."""
-        if length:
-            self.tried = [x * decay for x in self.tried]
-            self.accepted = [x * decay for x in self.accepted]
-            self.reached = [x * decay for x in self.reached]
-            self.went_on = [x * decay for x in self.went_on]
+        """A proposal of `length` tokens, made when `cap` were allowed."""
+        self.tried = [x * decay for x in self.tried]
+        self.accepted = [x * decay for x in self.accepted]
+        self.reached = [x * decay for x in self.reached]
+        self.went_on = [x * decay for x in self.went_on]
         self.asked = self.asked * decay + 1
         self.proposed = self.proposed * decay + (1 if length else 0)
         for i in range(1, min(length, cap - 1) + 1):
