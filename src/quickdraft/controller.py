@@ -243,19 +243,23 @@ class AdaptiveController:
         verify = costs.verify_curve(self.max_k + 1)
         out = [Option("none", 0, 1.0 / verify[1])]
         for d in self._speculative:
-            a_prior, p_prior = self._priors[d.name]
-            stats = self._stats[d.name]
-            k, rate = best_k(
-                stats.position_rates(a_prior, self.max_k),
-                stats.proposal_rate(p_prior),
-                costs.draft_seconds(d.name, 1),
-                verify,
-                costs.catchup_seconds(d.name, self.unseen(d.name, context_len)),
-                self.horizon,
-                stats.reach_rates(self.max_k),
-            )
-            out.append(Option(d.name, k, rate))
+            out.append(self._by_record(d.name, verify, costs.catchup_seconds(d.name, self.unseen(d.name, context_len))))
         return out
+
+    def _by_record(self, name: str, verify: Sequence[float], entry_seconds: float = 0.0) -> Option:
+        """The drafter at its best k by its acceptance record, with this verify curve and one-off cost."""
+        a_prior, p_prior = self._priors[name]
+        stats = self._stats[name]
+        k, rate = best_k(
+            stats.position_rates(a_prior, self.max_k),
+            stats.proposal_rate(p_prior),
+            self.machine.costs.draft_seconds(name, 1),
+            verify,
+            entry_seconds,
+            self.horizon,
+            stats.reach_rates(self.max_k),
+        )
+        return Option(name, k, rate)
 
     def shadowable(self, name: str) -> bool:
         """Measured to propose max_k tokens in under SHADOW_BUDGET of a target step."""
@@ -278,13 +282,9 @@ class AdaptiveController:
         candidates = []
         for d in self._speculative:
             if self.shadowable(d.name):  # its record is fresh already; its costs may not be
-                a_prior, p_prior = self._priors[d.name]
-                stats = self._stats[d.name]
-                k, rate = best_k(stats.position_rates(a_prior, self.max_k), stats.proposal_rate(p_prior),
-                                 costs.draft_seconds(d.name, 1), costs.prior_curve(self.max_k + 1),
-                                 reach=stats.reach_rates(self.max_k))
-                if not costs.established(k + 1):
-                    candidates.append(Option(d.name, k, rate))
+                option = self._by_record(d.name, costs.prior_curve(self.max_k + 1))
+                if not costs.established(option.k + 1):
+                    candidates.append(option)
                 continue
             draft = costs.draft_seconds(d.name, 1) if costs.draft_established(d.name) else 0.0
             _, rate = best_k(
