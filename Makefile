@@ -8,7 +8,7 @@
 #                      build): float matrices go through them for single tokens too, so verifying k+1 tokens
 #                      at once reproduces one-by-one decoding bit for bit while prompts and verification
 #                      batches run at llamafile's speed (src/quickdraft/llama_source.py; README, "Exactness").
-#                      The wheel's version says so: 0.3.36+quickdraft.5. A user's own
+#                      The wheel's version says so: 0.3.36+quickdraft.6. A user's own
 #                      llama-cpp-python build works too: the engine then measures what it verifies exactly
 #                      and caps K to it.
 #

@@ -14,8 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_ARGS = "-DGGML_RPC=on"
-CPU_KEY = "2979f6caaf00"  # the folder of the CPU wheel already built (CI and this machine must not rebuild)
-PATCHES = "quickdraft.5"  # llama_source.LOCAL_LABEL
+CPU_KEY = "d69dd97ceccc"  # the folder of the CPU wheel already built (CI and this machine must not rebuild)
+PATCHES = "quickdraft.6"  # llama_source.LOCAL_LABEL
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 

@@ -90,7 +90,7 @@ def _log(msg: str) -> None:
 
 def _source_dir(log, stock: bool) -> Path:
     """llama.cpp's source as the installed wheel was built from it: llama-cpp-python's sdist, with quickdraft's
-    patches when the installed version carries their label (0.3.36+quickdraft.5) and stock is False."""
+    patches when the installed version carries their label (0.3.36+quickdraft.6) and stock is False."""
     root = tools_dir(stock=stock)
     src = root / "src"
     if (src / "CMakeLists.txt").is_file():

@@ -5,7 +5,7 @@ Stdlib only, so the Makefile runs it before anything is installed:
     CMAKE_ARGS="-DGGML_RPC=on" python3 src/quickdraft/llama_source.py wheel 0.3.36 OUT_DIR
 
 fetches llama-cpp-python's source with pip, applies PATCHES, marks the version with LOCAL_LABEL
-(0.3.36 -> 0.3.36+quickdraft.5: `llama-cpp-python==0.3.36` still matches it, and whoever looks at the
+(0.3.36 -> 0.3.36+quickdraft.6: `llama-cpp-python==0.3.36` still matches it, and whoever looks at the
 installed version sees a patched build) and builds a wheel into OUT_DIR. `llama_build` applies the same
 patches to the source it builds llama.cpp's programs (rpc-server, ...) from, so a worker rounds as we do.
 
@@ -23,7 +23,9 @@ What was tried and measured (README, "Exactness"): quickdraft.1-3 summed 4-8 row
 which on an AVX-512 machine ran one-token F16 steps at two thirds of stock's speed; quickdraft.4 kept float
 matrices on ggml's dot product for batches of up to 32 tokens instead (one-token steps at stock's speed, but
 a verification batch of 17 tokens at 4-5x a step instead of tinyBLAS's 2.3-2.8x). quickdraft.5 reads one
-row at a time: one-token steps at stock's speed and tinyBLAS's batches.
+row at a time: one-token steps at stock's speed and tinyBLAS's batches. quickdraft.6 (speed only) sends
+batches of 2-8 tokens through the same one-row loop, each row read once for all of them, for float and (on
+AVX2) Q8_0-family matrices alike: tinyBLAS's 4-row tiles had made 2 tokens cost 2-2.5x one on Gemma 3 270M.
 """
 
 from __future__ import annotations
@@ -35,15 +37,17 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-LOCAL_LABEL = "quickdraft.5"  # change it with PATCHES: it names the wheel folder, the tools and the probe cache
+LOCAL_LABEL = "quickdraft.6"  # change it with PATCHES: it names the wheel folder, the tools and the probe cache
 
 # (file under vendor/llama.cpp, text as shipped, text quickdraft builds): llamafile's tinyBLAS takes float
 # matrices (F32, F16, BF16: the F16 KV cache, F16 weights) for single tokens too, through a matrix-vector
 # path that keeps tinyBLAS's arithmetic per element (one running sum per output, in k order); quantized
 # matrices keep llama.cpp's single-token path, whose dot product for Q8_0 on x86 is tinyBLAS's, step for step.
-# One more change, for speed alone: at one token, the heads that share a key/value matrix (grouped-query
+# Two more changes, for speed alone: at one token, the heads that share a key/value matrix (grouped-query
 # attention) go to tinyBLAS in one call, as the columns of a matrix, so that the F16 KV cache is read once
-# per step rather than once per head. Every output is still one running sum in k order, whatever the call.
+# per step rather than once per head; and batches of up to 8 tokens (verification) read each row once for all
+# of them, in the one-row loop, for float and Q8_0-family matrices. Every output is still one running sum in
+# k order, computed as tinyBLAS's tiles compute it, whatever the call.
 SGEMM = "ggml/src/ggml-cpu/llamafile/sgemm.cpp"
 GGML_CPU = "ggml/src/ggml-cpu/ggml-cpu.c"
 PATCHES = [
@@ -70,8 +74,8 @@ PATCHES = [
         "    bool matmul(int64_t m, int64_t n) {\n"
         "        if (k % KN != 0)\n"
         "            return false;\n"
-        "        if (n == 1) {  // quickdraft: one token (see gemv)\n"
-        "            gemv(m);\n"
+        "        if (n <= GEMV_MAX_N) {  // quickdraft: one token or a few (see gemv)\n"
+        "            gemv_n(m, n);\n"
         "            return true;\n"
         "        }\n"
         "        // compute RM for only need tile with size RM&RM-1\n",
@@ -84,24 +88,44 @@ PATCHES = [
         "        if (SIZE_N == RN) {\n"
         "            return gemm<RM, RN, BM>(m, n, BN);\n",
         "  private:\n"
-        "    // quickdraft: matrix times one vector. Each output is what gemm_bloc computes (one running sum,\n"
-        "    // madd in k order, hsum). Rows are read one after the other, a single stream from memory as in\n"
-        "    // ggml's own single-token dot product (interleaving 4-8 rows ran at 2/3 of its speed on an AVX-512\n"
-        "    // machine); out-of-order execution overlaps one row's sum with the next's. Rows are split evenly\n"
-        "    // between threads, without the chunk counter or barriers gemm needs, and the next row is\n"
-        "    // prefetched a cache line at a time (past the last row is harmless: prefetches never fault).\n"
+        "    // quickdraft: matrix times one vector, or times RN <= 8 vectors (a verification batch). Each output is\n"
+        "    // what gemm_bloc computes (one running sum, madd in k order, hsum). Rows are read one after the other,\n"
+        "    // a single stream from memory as in ggml's own single-token dot product, each row once for all RN\n"
+        "    // vectors (gemm's 4-row tiles, four streams at once, ran 2-3x slower here on an AVX-512 machine);\n"
+        "    // out-of-order execution overlaps one row's sums with the next's. Rows are split evenly between\n"
+        "    // threads, without the chunk counter or barriers gemm needs, and the next row is prefetched a cache\n"
+        "    // line at a time (past the last row is harmless: prefetches never fault).\n"
+        "    static constexpr int64_t GEMV_MAX_N = 8;\n"
+        "\n"
+        "    template <int RN>\n"
         "    void gemv(int64_t m) {\n"
         "        constexpr int64_t LINE = 64 / sizeof(TA);\n"
         "        const int64_t duty = (m + params->nth - 1) / params->nth;\n"
         "        const int64_t end = std::min(m, duty * (params->ith + 1));\n"
         "        for (int64_t i = duty * params->ith; i < end; ++i) {\n"
-        "            D Cv = {};\n"
+        "            D Cv[RN] = {};\n"
         "            for (int64_t l = 0; l < k; l += KN) {\n"
         "                if (l % LINE == 0)\n"
         "                    __builtin_prefetch(A + lda * (i + 1) + l);\n"
-        "                Cv = madd(load<V>(A + lda * i + l), load<V>(B + l), Cv);\n"
+        "                const V Av = load<V>(A + lda * i + l);\n"
+        "                for (int64_t j = 0; j < RN; ++j)\n"
+        "                    Cv[j] = madd(Av, load<V>(B + ldb * j + l), Cv[j]);\n"
         "            }\n"
-        "            C[i] = hsum(Cv);\n"
+        "            for (int64_t j = 0; j < RN; ++j)\n"
+        "                C[ldc * j + i] = hsum(Cv[j]);\n"
+        "        }\n"
+        "    }\n"
+        "\n"
+        "    void gemv_n(int64_t m, int64_t n) {\n"
+        "        switch (n) {\n"
+        "            case 1: return gemv<1>(m);\n"
+        "            case 2: return gemv<2>(m);\n"
+        "            case 3: return gemv<3>(m);\n"
+        "            case 4: return gemv<4>(m);\n"
+        "            case 5: return gemv<5>(m);\n"
+        "            case 6: return gemv<6>(m);\n"
+        "            case 7: return gemv<7>(m);\n"
+        "            default: return gemv<8>(m);\n"
         "        }\n"
         "    }\n"
         "\n"
@@ -139,6 +163,69 @@ PATCHES = [
         "                                     row_size/ggml_type_size(vec_dot_type),\n"
         "                                     (char *)dst->data + i12*nb2 + i13*nb3,\n"
         "                                     (g > 1 ? nb2 : nb1)/ggml_type_size(dst->type),\n",
+    ),
+    (
+        SGEMM,
+        "    void matmul(int64_t m, int64_t n) {\n"
+        "        mnpack(0, m, 0, n);\n"
+        "    }\n"
+        "\n"
+        "  private:\n"
+        "    void mnpack(int64_t m0, int64_t m, int64_t n0, int64_t n) {\n",
+        "    void matmul(int64_t m, int64_t n) {\n"
+        "#if defined(__AVX2__)\n"
+        "        if (n <= GEMV_MAX_N) {  // quickdraft: a verification batch (see gemv)\n"
+        "            gemv_n(m, n);\n"
+        "            return;\n"
+        "        }\n"
+        "#endif\n"
+        "        mnpack(0, m, 0, n);\n"
+        "    }\n"
+        "\n"
+        "  private:\n"
+        "#if defined(__AVX2__)\n"
+        "    // quickdraft: the matrix times 2 <= RN <= 8 vectors, each output as gemm computes it (one running sum\n"
+        "    // over the blocks in order: madd of the two scales' product by the blocks' integer dot product, then\n"
+        "    // hsum), reading the rows one after the other (one stream from memory, the next row prefetched) and\n"
+        "    // each row once for all RN vectors: gemm's 4-row tiles ran a 2-token batch at 2x a token's time.\n"
+        "    static constexpr int64_t GEMV_MAX_N = 8;\n"
+        "\n"
+        "    template <int RN>\n"
+        "    void gemv(int64_t m) {\n"
+        "        const int64_t duty = (m + nth - 1) / nth;\n"
+        "        const int64_t end = std::min(m, duty * (ith + 1));\n"
+        "        for (int64_t i = duty * ith; i < end; ++i) {\n"
+        "            __m256 Cv[RN] = {};\n"
+        "            for (int64_t l = 0; l < k; ++l) {\n"
+        "                __builtin_prefetch(A + lda * (i + 1) + l);\n"
+        "                const __m256i a = load(A + lda * i + l);\n"
+        "                const __m256i aa = _mm256_sign_epi8(a, a);\n"
+        "                const float da = unhalf(A[lda * i + l].d);\n"
+        "                for (int64_t j = 0; j < RN; ++j)\n"
+        "                    Cv[j] = madd(_mm256_set1_ps(da * unhalf(B[ldb * j + l].d)),\n"
+        "                                 updot(aa, _mm256_sign_epi8(load(B + ldb * j + l), a)),\n"
+        "                                 Cv[j]);\n"
+        "            }\n"
+        "            for (int64_t j = 0; j < RN; ++j)\n"
+        "                C[ldc * j + i] = hsum(Cv[j]);\n"
+        "        }\n"
+        "    }\n"
+        "\n"
+        "    void gemv_n(int64_t m, int64_t n) {\n"
+        "        switch (n) {\n"
+        "            case 1: return gemv<1>(m);\n"
+        "            case 2: return gemv<2>(m);\n"
+        "            case 3: return gemv<3>(m);\n"
+        "            case 4: return gemv<4>(m);\n"
+        "            case 5: return gemv<5>(m);\n"
+        "            case 6: return gemv<6>(m);\n"
+        "            case 7: return gemv<7>(m);\n"
+        "            default: return gemv<8>(m);\n"
+        "        }\n"
+        "    }\n"
+        "#endif\n"
+        "\n"
+        "    void mnpack(int64_t m0, int64_t m, int64_t n0, int64_t n) {\n",
     ),
 ]
 
