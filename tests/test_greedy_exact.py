@@ -75,3 +75,14 @@ def test_exactness_probe_caps_k_where_kernels_round_differently():
 def test_exactness_probe_finds_no_limit_on_q8_0(engine):
     assert engine.target.max_k >= 8
     assert engine.target.model.max_exact_batch(9) == 9
+
+
+def test_f16_batches_round_as_single_tokens():
+    """Float weights and the F16 KV cache: batches of 2-8 tokens go through the patch's one-row loop, 9 and
+    more through tinyBLAS's tiles (llama_source, quickdraft.6); every size up to 17, after a short and a long
+    prefix, gives the logits of one-token decoding bit for bit."""
+    from quickdraft import model_store
+    from quickdraft.llama_model import LlamaModel
+
+    model = LlamaModel(model_store.resolve("gemma-3-270m-f16"), threads=2)
+    assert model.max_exact_batch(17, kv_lens=(24, 700)) == 17

@@ -26,7 +26,7 @@ LONG_CATEGORIES = ["summarization", "rag"]
 CASES = [
     ("smollm2-135m", ["ngram"]),
     ("gemma-3-270m-q8_0", ["ngram", "gemma-3-270m"]),
-    ("gemma-3-270m-f16", ["gemma-3-270m"]),
+    ("gemma-3-270m-f16", ["ngram", "gemma-3-270m"]),  # ngram: batches of 2-8 (one-row loop) and more (tinyBLAS)
 ]
 
 

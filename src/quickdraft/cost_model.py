@@ -10,10 +10,10 @@ three are learnt from the rounds themselves, in `MachineCosts`, which one engine
   the shape alone;
 - verify sizes not measured yet come from a line fitted through the batch sizes (2 and up) that are
   (`VerifyFit`, `fit_line`), or, before any are, from a prior shape: one more token costs a seventh of a
-  step. The one-token step is never on that line: llama.cpp computes it with other kernels (a
-  matrix-vector loop, not a matrix product), and on this project's CPU (Gemma F16, 2 cores) verifying 2
-  tokens cost ~2.2x one step and 4 ~2.5x (docs/bench.md); a line through all sizes rated the target
-  alone's step ~1.6x too slow and made speculation look better than it is;
+  step. The one-token step is never on that line: llama.cpp may compute it with other kernels than a
+  batch (with the `quickdraft.5` build on this project's CPU, Gemma F16, 2 cores, verifying 2 tokens cost
+  ~2.2x one step and 4 ~2.5x, docs/bench.md), and a line through all sizes then rated the target alone's
+  step ~1.6x too slow and made speculation look better than it is;
 - unmeasured drafting and catch-up costs count as zero: optimism gets a new drafter tried, and one round
   measures it.
 """
