@@ -40,6 +40,16 @@ from pathlib import Path
 
 LOCAL_LABEL = "quickdraft.6"  # change it with PATCHES: it names the wheel folder, the tools and the probe cache
 
+# gemv<RN> for the RN a call brings (both patched classes declare GEMV_MAX_N = 8 and a gemv template)
+GEMV_DISPATCH = (
+    "    void gemv_n(int64_t m, int64_t n) {\n"
+    "        switch (n) {\n"
+    + "".join(f"            case {rn}: return gemv<{rn}>(m);\n" for rn in range(1, 8))
+    + "            default: return gemv<8>(m);\n"
+    "        }\n"
+    "    }\n"
+)
+
 # (file under vendor/llama.cpp, text as shipped, text quickdraft builds): llamafile's tinyBLAS takes float
 # matrices (F32, F16, BF16: the F16 KV cache, F16 weights) for single tokens too, through a matrix-vector
 # path that keeps tinyBLAS's arithmetic per element (one running sum per output, in k order); other quantized
@@ -123,18 +133,7 @@ PATCHES = [
         "        }\n"
         "    }\n"
         "\n"
-        "    void gemv_n(int64_t m, int64_t n) {\n"
-        "        switch (n) {\n"
-        "            case 1: return gemv<1>(m);\n"
-        "            case 2: return gemv<2>(m);\n"
-        "            case 3: return gemv<3>(m);\n"
-        "            case 4: return gemv<4>(m);\n"
-        "            case 5: return gemv<5>(m);\n"
-        "            case 6: return gemv<6>(m);\n"
-        "            case 7: return gemv<7>(m);\n"
-        "            default: return gemv<8>(m);\n"
-        "        }\n"
-        "    }\n"
+        + GEMV_DISPATCH +
         "\n"
         "    template <int RM, int RN, int BM>\n"
         "    inline void mnpack(int64_t m, int64_t n, int64_t SIZE_N, int64_t BN) {\n"
@@ -219,18 +218,7 @@ PATCHES = [
         "        }\n"
         "    }\n"
         "\n"
-        "    void gemv_n(int64_t m, int64_t n) {\n"
-        "        switch (n) {\n"
-        "            case 1: return gemv<1>(m);\n"
-        "            case 2: return gemv<2>(m);\n"
-        "            case 3: return gemv<3>(m);\n"
-        "            case 4: return gemv<4>(m);\n"
-        "            case 5: return gemv<5>(m);\n"
-        "            case 6: return gemv<6>(m);\n"
-        "            case 7: return gemv<7>(m);\n"
-        "            default: return gemv<8>(m);\n"
-        "        }\n"
-        "    }\n"
+        + GEMV_DISPATCH +
         "#endif\n"
         "\n"
         "    void mnpack(int64_t m0, int64_t m, int64_t n0, int64_t n) {\n",
