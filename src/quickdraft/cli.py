@@ -32,7 +32,7 @@ def _add_model_flags(p: argparse.ArgumentParser, *, target_default: str | None =
     p.add_argument("--ctx", type=int, default=4096, help="context size in tokens")
     p.add_argument("--inexact", action="store_true",
                    help="llama.cpp's faster default settings and no K cap: output equal to the target's only up to "
-                   "rounding (README, Exactness)")
+                   "rounding (docs/exactness.md)")
     add_placement_flags(p)  # --target-gpu-layers, --draft-main-gpu, --target-threads, ... (quickdraft.placement)
 
 

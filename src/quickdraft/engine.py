@@ -79,7 +79,7 @@ class Engine:
         Either may be node://HOST:PORT, a `quickdraft node` (quickdraft.node): the same interfaces, remote.
         exact (default): greedy output is llama.cpp's own one-token-at-a-time output, token for token (flash
         attention off, K capped to what this machine verifies bit-exactly); False: llama.cpp's faster
-        defaults and no cap, equal to the target alone only up to rounding (README, "Exactness").
+        defaults and no cap, equal to the target alone only up to rounding (docs/exactness.md).
         rpc_servers: llama.cpp rpc-server workers (HOST:PORT) for a local target's layers; gpu_layers: how many
         go there (default: all, with workers).
         placement: each model's GPU layers, GPU and threads (quickdraft.placement; default auto: the planner's

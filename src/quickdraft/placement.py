@@ -167,7 +167,7 @@ def gpu_layers_arg(value: str) -> GpuLayers:
 
 def add_placement_flags(parser: argparse.ArgumentParser, roles=ROLES) -> None:
     """--ROLE-gpu-layers, --ROLE-main-gpu, --ROLE-threads for each role (defaults None: the config's or auto)."""
-    group = parser.add_argument_group("placement (per model; README, GPUs)")
+    group = parser.add_argument_group("placement (per model; docs/gpu.md)")
     for role in roles:
         group.add_argument(f"--{role}-gpu-layers", type=gpu_layers_arg, default=None, metavar="auto|all|none|N",
                            help=f"{role} layers on the GPU (default auto: the planner's choice with a GPU, "

@@ -49,7 +49,7 @@ PER_CORE_BANDWIDTH = 12e9
 DEFAULT_GPU_BANDWIDTH = 200e9
 GPU_BANDWIDTH_EFFICIENCY = 0.75
 GPU_LAYER_OVERHEAD_S = 20e-6  # kernel launches per layer per step
-# README "Performance" (scripts/verify_cost.py, Gemma 3 270M Q8_0, 2 threads): 9 positions 76.2 ms, 1 position
+# docs/perf/README.md (scripts/verify_cost.py, Gemma 3 270M Q8_0, 2 threads): 9 positions 76.2 ms, 1 position
 # 15.1 ms, so 61.1 ms for 8 x 0.54 GFLOP: 71 GFLOP/s on 2 cores
 CPU_FLOPS_PER_CORE = 35e9
 ACCEPTANCE_AT_EQUAL_SIZE = 0.80
@@ -307,7 +307,7 @@ def draft_option(target: FoundModel, draft: FoundModel, machine: Machine, ctx: i
 def draft_candidates(target: FoundModel, models: list[FoundModel]) -> list[FoundModel]:
     """Models with the target's vocabulary, at most MAX_DRAFT_PARAMS_SHARE of its parameters, that read fewer
     bytes per token than it. A quantized copy of the target's own network is no draft: it does the same
-    arithmetic per token (measured here: Gemma 3 270M Q4_K_M drafting for its F16 copy ran at 0.64x, README)."""
+    arithmetic per token (measured here: Gemma 3 270M Q4_K_M drafting for its F16 copy ran at 0.64x, docs/perf/README.md)."""
     t_read = sum(target.info.layer_bytes) + target.info.output_bytes
     return [m for m in models
             if m.path.resolve() != target.path.resolve() and same_vocabulary(m.info, target.info)

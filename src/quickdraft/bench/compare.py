@@ -4,7 +4,7 @@ own engine also sampled, since every configuration draws each position's token f
 In this process the comparison is token for token (ours has the token ids). Through a server or llama.cpp
 only text is there, and llama.cpp's programs may run a few tokens past max_tokens, so text outputs are
 compared over their common length. A difference is never hidden or explained away here: it is listed with
-its first differing position (see the README's "Exactness" for why llama.cpp's CPU kernels can make a
+its first differing position (see docs/exactness.md for why llama.cpp's CPU kernels can make a
 batched verification round differently from one-token decoding on some weight types).
 """
 

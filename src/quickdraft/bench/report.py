@@ -176,8 +176,8 @@ def mismatch_section(result: BenchResult) -> list[str]:
     lines = [
         f"### ⚠️ MISMATCH: {len(result.mismatches)} outputs differ from the target alone",
         "",
-        "These outputs should equal the target-alone output (greedy, or sampled with the same seed) and do not. See the README's "
-        "\"Exactness\" section: llama.cpp's CPU kernels can round a batch differently from one token, which "
+        "These outputs should equal the target-alone output (greedy, or sampled with the same seed) and do not. See docs/exactness.md "
+        "in quickdraft's repository: llama.cpp's CPU kernels can round a batch differently from one token, which "
         "K is capped against unless the bench ran with --inexact (the settings say which).",
         "",
     ]

@@ -66,7 +66,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model-name", help="the model id clients see (default: from --target)")
     m.add_argument("--inexact", dest="exact", action="store_const", const=False,
                    help="llama.cpp's faster default settings and no K cap: output equal to the target's only up "
-                   "to rounding (README, Exactness)")
+                   "to rounding (docs/exactness.md)")
     add_placement_flags(p)
     n = p.add_argument_group("nodes and RPC workers (docs/nodes.md)")
     n.add_argument("--rpc", type=lambda v: [e.strip() for e in v.split(",") if e.strip()], metavar="HOST:PORT,...",
