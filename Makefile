@@ -4,13 +4,14 @@
 # folder named after the build flags, so a rebuild happens only when the flags or the version change; the
 # stamp file below skips the whole install while pyproject.toml and this Makefile are unchanged.
 #   GGML_RPC=on        llama.cpp's RPC backend, for a target spread over rpc-server workers (quickdraft.node)
-#   patched source     llama-cpp-python's sdist with one change to llamafile's matrix kernels (on, as in a stock
-#                      build): float matrices go through them for single tokens too, so verifying k+1 tokens
-#                      at once reproduces one-by-one decoding bit for bit while prompts and verification
-#                      batches run at llamafile's speed (src/quickdraft/llama_source.py; README, "Exactness").
-#                      The wheel's version says so: 0.3.36+quickdraft.6. A user's own
-#                      llama-cpp-python build works too: the engine then measures what it verifies exactly
-#                      and caps K to it.
+#   patched source     llama-cpp-python's sdist with the patches of llama/patches/ applied to its llama.cpp
+#                      (by src/quickdraft/llama_source.py, with the `patch` program): float matrices go through
+#                      llamafile's kernels (on, as in a stock build) for single tokens too, so verifying k+1
+#                      tokens at once reproduces one-by-one decoding bit for bit while prompts and verification
+#                      batches run at llamafile's speed (docs/exactness.md). The wheel's version names the
+#                      patch set: 0.3.36+quickdraft.p<8 hex digits of the patches' sha256>, so changing a patch
+#                      builds a new wheel. A user's own llama-cpp-python build works too: the engine then
+#                      measures what it verifies exactly and caps K to it.
 #
 # GPU builds. The llama.cpp backend is picked from the machine, once per make run:
 #   cuda    when nvcc (on PATH or /usr/local/cuda/bin) AND an NVIDIA GPU (`nvidia-smi -L` lists one) exist;
@@ -34,8 +35,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_BASE_ARGS   := -DGGML_RPC=on
-# the patch set's name (LOCAL_LABEL in llama_source.py): a new patch set builds a new wheel
-LLAMA_PATCHES := $(shell sed -n 's/^LOCAL_LABEL = "\([^"]*\)".*/\1/p' src/quickdraft/llama_source.py)
+# the patch set's name (llama_source.local_label, a hash of llama/patches/): a new patch set builds a new wheel
+LLAMA_PATCHES := $(shell $(PYTHON) src/quickdraft/llama_source.py label)
+$(if $(LLAMA_PATCHES),,$(error could not name the llama.cpp patch set: $(PYTHON) src/quickdraft/llama_source.py label))
 
 # ---- the llama.cpp backend (see the header) ----
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)

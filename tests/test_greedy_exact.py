@@ -79,7 +79,7 @@ def test_exactness_probe_finds_no_limit_on_q8_0(engine):
 
 def test_f16_batches_round_as_single_tokens():
     """Float weights and the F16 KV cache: batches of 2-8 tokens go through the patch's one-row loop, 9 and
-    more through tinyBLAS's tiles (llama_source, quickdraft.6); every size up to 17, after a short and a long
+    more through tinyBLAS's tiles (llama/patches/0002); every size up to 17, after a short and a long
     prefix, gives the logits of one-token decoding bit for bit."""
     from quickdraft import model_store
     from quickdraft.llama_model import LlamaModel

@@ -12,10 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from quickdraft import llama_source
+
 REPO = Path(__file__).resolve().parents[1]
 CPU_ARGS = "-DGGML_RPC=on"
-CPU_KEY = "d69dd97ceccc"  # the folder of the CPU wheel already built (CI and this machine must not rebuild)
-PATCHES = "quickdraft.6"  # llama_source.LOCAL_LABEL
+# the folder of the CPU wheel of this patch set (llama/patches/): a new patch set builds a new wheel, once on
+# CI and each machine, so a changed patch changes this key on purpose (update it with the patch)
+CPU_KEY = "691d7d232016"
+PATCHES = llama_source.local_label()  # derived from the patches' diffs
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
@@ -58,13 +62,14 @@ def make(bin_dir: Path, tmp_path: Path, *args: str, target: str = "llama-config"
 
 
 def config(out: str) -> dict[str, str]:
-    return dict(re.findall(r"^(backend|CMAKE_ARGS|wheel):\s*(.*)$", out, re.M))
+    return dict(re.findall(r"^(backend|patches|CMAKE_ARGS|wheel):[ \t]*(.*)$", out, re.M))
 
 
 def test_no_gpu_is_the_cpu_build_and_its_cached_wheel(machine, tmp_path):
     fake_tool(machine, "nvcc", "exit 0\n")  # nvcc alone (as on this machine) is not a reason for CUDA
     c = config(make(machine, tmp_path).stdout)
     assert c["backend"] == "cpu"
+    assert c["patches"] == PATCHES  # the Makefile names the patch set as llama_source does
     assert c["CMAKE_ARGS"] == CPU_ARGS
     assert wheel_key(CPU_ARGS) == CPU_KEY
     assert f"/wheels/{CPU_KEY}/llama_cpp_python-0.3.36*" in c["wheel"]

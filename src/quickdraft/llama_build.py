@@ -42,7 +42,7 @@ def llama_cpp_python_version() -> str:
 def wheel_has_llamafile() -> bool:
     """Whether the installed llama-cpp-python was built with llamafile's kernels (a stock build is, and ours,
     patched). llama.cpp's programs are built the same way, so an rpc-server worker computes what this process
-    would (README, "Exactness")."""
+    would (docs/exactness.md)."""
     return "LLAMAFILE = 1" in system_info()["system_info"]
 
 
@@ -90,19 +90,27 @@ def _log(msg: str) -> None:
 
 def _source_dir(log, stock: bool) -> Path:
     """llama.cpp's source as the installed wheel was built from it: llama-cpp-python's sdist, with quickdraft's
-    patches when the installed version carries their label (0.3.36+quickdraft.6) and stock is False."""
+    patches when the installed version carries their label (0.3.36+quickdraft.pXXXXXXXX) and stock is False.
+    A wheel built from another patch set than this checkout's is refused: its programs would round otherwise."""
     root = tools_dir(stock=stock)
     src = root / "src"
     if (src / "CMakeLists.txt").is_file():
         return src
-    root.mkdir(parents=True, exist_ok=True)
     ver = llama_cpp_python_version()
+    try:
+        patched = not stock and llama_source.is_patched(ver)
+    except llama_source.SourceError as exc:
+        raise BuildError(str(exc)) from exc
+    if not stock and not patched and llama_source.is_quickdraft_build(ver):
+        raise BuildError(f"the installed llama-cpp-python {ver} was built from other llama.cpp patches than "
+                         f"this checkout's ({llama_source.local_label()}): `make install` rebuilds it")
+    root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         log(f"fetching the llama-cpp-python {llama_source.base_version(ver)} source (pip download)")
         try:
             sdist = llama_source.fetch_sdist(ver, Path(tmp))
-            if llama_source.is_patched(ver) and not stock:
-                log(f"applying quickdraft's {llama_source.LOCAL_LABEL} patches to its llama.cpp")
+            if patched:
+                log(f"applying quickdraft's {llama_source.local_label()} patches (llama/patches) to its llama.cpp")
                 llama_source.patch_llama_cpp(sdist / "vendor" / "llama.cpp")
         except llama_source.SourceError as exc:
             raise BuildError(str(exc)) from exc
