@@ -134,6 +134,49 @@ def test_target_without_masks_refuses_a_grammar(smol_engine):
         blind.stream("hello", max_tokens=4, grammar=GrammarSpec("json_object"))
 
 
+def accepts(c: Constraint, tokenizer, text: str) -> bool:
+    """Whether the grammar matches `text` whole."""
+    tokens = tokenizer.tokenize(text, add_special=False) if text else []
+    if c.matcher.validate_tokens(tokens) < len(tokens):
+        return False
+    c.matcher.consume_tokens(tokens)
+    try:
+        return c.matcher.is_accepting()
+    finally:
+        c.matcher.rollback(len(tokens))
+
+
+@pytest.mark.parametrize("grammar, matched, refused", [
+    ('root ::= ("a"+)+', ["a", "aaaa"], ["", "b", "ab"]),
+    ('root ::= ("ab"?)* "c"', ["c", "ababc"], ["", "abac", "abab"]),
+    ('root ::= x\nx ::= (("a"{2})+)?', ["", "aaaa"], ["a", "aaa"]),
+])
+def test_gbnf_repetitions_of_repetitions_compile_with_their_language(smol_engine, grammar, matched, refused):
+    """llama.cpp accepts them; llguidance's converter wrote "a"++, which its Lark refused."""
+    from llguidance.gbnf_to_lark import any_to_lark
+
+    from quickdraft.constraint import gbnf_to_lark
+
+    tok = smol_engine.tokenizer
+    c = Constraint.compile(GrammarSpec("gbnf", grammar), tok.grammar_tokenizer(), tok.n_vocab)
+    assert all(accepts(c, tok, text) for text in matched)
+    assert not any(accepts(c, tok, text) for text in refused)
+    assert gbnf_to_lark(ANSWER_GBNF) == any_to_lark(ANSWER_GBNF)  # elsewhere, the converter's own text
+
+
+@pytest.mark.parametrize("spec", [
+    GrammarSpec("json_schema", {"$ref": "#"}),
+    GrammarSpec("json_schema", {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}),
+    GrammarSpec("lark", 'start: start "a"'),
+])
+def test_a_grammar_that_matches_nothing_is_an_invalid_request(smol_engine, spec):
+    """llguidance compiles them and then allows only the end token: the answer was an empty 200."""
+    with pytest.raises(InvalidRequestError, match="matches no text"):
+        smol_engine.stream("hello", max_tokens=4, grammar=spec)
+    recursive = {"type": "object", "properties": {"child": {"$ref": "#"}}}  # with a way out: fine
+    smol_engine.stream("hello", max_tokens=4, grammar=GrammarSpec("json_schema", recursive)).close()
+
+
 # ---- greedy: the reference, and the same output whatever drafts ---------------------------------------------
 def test_gemma_json_schema_greedy_equals_reference_and_every_drafter(engine, gemma_prompt):
     spec = GrammarSpec("json_schema", PERSON)

@@ -171,3 +171,27 @@ def test_sequences_follow_the_target_distribution_over_seeds():
             prefix.append(token)
         distance += abs(counts.get(seq, 0) / n - prob)
     assert distance / 2 < 0.05  # 64 cells, 12,000 samples: noise ~0.03
+
+
+# ---- the noise is never 0 ---------------------------------------------------------------------------------------
+def test_all_bits_set_is_not_zero_noise():
+    """u = 1 (every bit set) gave noise -log(1) = 0: log 0 is -inf, and a masked token's key became NaN."""
+    from quickdraft.coupling import _exp1
+
+    e = _exp1(np.array([2**64 - 1, 2**64 - 2**11, 0], dtype=np.uint64))
+    assert np.all(np.isfinite(e)) and np.all(e > 0)
+    assert e[0] == e[1]  # the one u = 1 draw takes the value of the float below 1
+
+
+def test_a_masked_token_never_wins_even_with_all_bits_set(monkeypatch):
+    """Every draw at u = 1 (the hash forced to all ones): the winner is still an allowed token."""
+    import quickdraft.coupling as coupling
+    from quickdraft.constraint import masked_token
+
+    monkeypatch.setattr(coupling, "_bits", lambda seed, position, stream, index: np.full(
+        np.shape(index), 2**64 - 1, dtype=np.uint64))
+    logits = np.array([5.0, 1.0, 0.5, 2.0] * 40, dtype=np.float32)  # 160 ids: several blocks
+    allowed = np.zeros(len(logits), dtype=bool)
+    allowed[[1, 3, 70]] = True
+    for params in (SamplingParams(temperature=1.0, seed=1), SamplingParams(temperature=0.8, top_k=50, seed=2)):
+        assert masked_token(logits, allowed, params, 0) in (1, 3, 70), params

@@ -113,3 +113,66 @@ def test_keys_stay_out_of_displayed_addresses():
     assert "key=s3cret" in url and "timeout=5" in url
     assert public_url(url) == "node://10.0.0.2:8471?timeout=5"
     assert with_key(url, "other") == url  # the address's own key wins
+
+
+# ---- what a web page may not do to a node (quickdraft.server.guard's rule, at the WebSocket handshake) ------
+def handshake_status(port: int, **headers: str) -> int:
+    """The HTTP status a node answers a WebSocket upgrade with (101: accepted), as a browser would send it."""
+    import socket
+
+    lines = ["GET / HTTP/1.1", f"Host: {headers.pop('host', f'127.0.0.1:{port}')}", "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13",
+             *(f"{name}: {value}" for name, value in headers.items())]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+def test_a_web_page_cannot_open_a_websocket_to_a_node(open_node, caplog):
+    """Browsers let any page open a WebSocket to 127.0.0.1 (no CORS): it always names the page's Origin."""
+    with caplog.at_level(logging.WARNING, logger="quickdraft.node"):
+        assert handshake_status(open_node.port, Origin="https://evil.example") == 403
+        assert handshake_status(open_node.port, host=f"attacker.example:{open_node.port}") == 403  # DNS rebinding
+    assert "origin_not_allowed" in caplog.text and "host_not_allowed" in caplog.text
+    assert handshake_status(open_node.port) == 101  # a coordinator's handshake
+    assert handshake_status(open_node.port, host=f"localhost:{open_node.port}") == 101
+
+
+def test_a_connection_that_does_not_prove_the_key_in_time_is_closed(model, caplog):
+    from quickdraft.node import wire
+
+    server = NodeServer(NodeService(model, "draft"), port=0, key=KEY, auth_seconds=0.5).start()
+    try:
+        ws = wire.connect(server.host, server.port, timeout=5, max_size=1 << 20)
+        with caplog.at_level(logging.WARNING, logger="quickdraft.node"):
+            with pytest.raises(ConnectionError):  # closed by the node, well before this wait runs out
+                ws.recv(timeout=30)
+        assert "no node key proven within 0.5 s" in caplog.text
+        ws.close()
+    finally:
+        server.shutdown()
+
+
+def test_a_node_serves_a_bounded_number_of_connections(model, caplog):
+    from quickdraft.node import protocol as p
+    from quickdraft.node import wire
+
+    server = NodeServer(NodeService(model, "draft"), port=0, max_connections=2).start()
+    held = [wire.connect(server.host, server.port, timeout=5, max_size=1 << 20) for _ in range(2)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="quickdraft.node"):
+            with pytest.raises(ConnectionError):
+                wire.connect(server.host, server.port, timeout=5, max_size=1 << 20)
+        assert "2 are open already" in caplog.text
+        for ws in held:  # the ones it took are served as before
+            ws.send(p.pack({"op": "ping", "echo": b"x"}))
+            assert p.unpack(ws.recv(timeout=5)) == {"echo": b"x"}
+    finally:
+        for ws in held:
+            ws.close()
+        server.shutdown()
+
+
+def test_a_handshake_with_a_repeated_host_is_refused(open_node):
+    assert handshake_status(open_node.port, Host=f"localhost:{open_node.port}") == 400  # and a second Host
+    assert handshake_status(open_node.port) == 101  # the node goes on

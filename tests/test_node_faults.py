@@ -25,6 +25,7 @@ from quickdraft.loading import standard_drafters
 from quickdraft.node import open_drafter
 from quickdraft.node.fallback import FallbackDrafter
 from quickdraft.node.launch import NodeProcess
+from quickdraft.node.metrics import node_label
 from quickdraft.node.server import NodeServer
 from quickdraft.node.service import NodeService
 
@@ -41,7 +42,7 @@ def drafting(engine: Engine) -> Engine:
 
 
 def counter(name: str, node: str, **labels) -> float:
-    return REGISTRY.get_sample_value(name, {"node": node, **labels}) or 0.0
+    return REGISTRY.get_sample_value(name, {"node": node_label(node), **labels}) or 0.0
 
 
 @pytest.fixture(scope="module")

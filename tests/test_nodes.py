@@ -238,7 +238,7 @@ def test_another_protocol_version_is_refused_at_connect(local):
 @pytest.fixture(scope="module")
 def invariant_draft_node():
     """A draft node on the Q8_0 file, whose logits do not depend on how its KV cache was filled (one batch or
-    several: README, "Exactness"). The Q4_K_M draft's do (its K-quant kernels change at 4 tokens), so after
+    several: docs/exactness.md). The Q4_K_M draft's do (its K-quant kernels change at 4 tokens), so after
     `append` in two pieces it may draw another token than a drafter that read the context at once."""
     with NodeProcess(TARGET, "draft", cpus="1") as node:
         yield node

@@ -76,3 +76,16 @@ def test_sparse_dist_knows_its_own_ids():
 def test_out_of_range_parameters_are_refused(bad):
     with pytest.raises(InvalidRequestError):
         SamplingParams.make(**bad)
+
+
+@pytest.mark.parametrize("filters", [{}, {"top_p": 0.9}, {"top_k": 40}, {"min_p": 0.1}])
+def test_a_tiny_temperature_is_greedy(filters):
+    """logits / 1e-320 overflows (inf, then NaN): the race picked a wrong token, or top-p raised."""
+    from quickdraft.coupling import coupled_token
+
+    logits = np.random.default_rng(1).normal(0, 4, 50000).astype(np.float32)
+    for t in (1e-320, 1e-310, 1e-200, 1e-31):
+        params = SamplingParams(temperature=t, seed=5, **filters)
+        assert params.greedy and params.temperature == 0.0
+        assert all(coupled_token(logits, params, position) == int(np.argmax(logits)) for position in range(4))
+    assert not SamplingParams(temperature=1e-3).greedy  # a small but ordinary temperature still samples

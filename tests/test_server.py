@@ -370,7 +370,8 @@ BAD_REQUESTS = [
      400, None, "messages"),
     (CHAT, {"messages": HELLO, "max_tokens": 0}, 400, "invalid_value", "max_tokens"),
     (CHAT, {"messages": HELLO, "temperature": 5}, 400, "invalid_value", "temperature"),
-    (CHAT, {"messages": HELLO, "n": 2}, 400, None, "n"),
+    (CHAT, {"messages": HELLO, "n": 0}, 400, "invalid_value", "n"),
+    (CHAT, {"messages": HELLO, "n": 17}, 400, None, "n"),  # over server.limits.max_choices
     (CHAT, {"messages": HELLO, "top_logprobs": 2}, 400, None, "top_logprobs"),
     (CHAT, {"messages": HELLO, "top_logprobs": 50, "logprobs": True}, 400, "invalid_value", "top_logprobs"),
     (CHAT, {"messages": HELLO, "presence_penalty": 0.5}, 400, None, "presence_penalty"),
@@ -411,8 +412,8 @@ def test_bad_input_through_the_openai_client(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="hello " * 5000, max_tokens=2)
     assert e.value.code == "context_length_exceeded" and "context" in e.value.message
-    with pytest.raises(openai.BadRequestError, match="n must be 1"):
-        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, n=3)
+    with pytest.raises(openai.BadRequestError, match="max_choices"):
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, n=100)
 
 
 def test_unknown_fields_are_ignored(http):

@@ -183,3 +183,79 @@ def test_close_refuses_new_jobs_and_ends_waiting_ones():
         assert "w start" not in log and "late start" not in log
 
     run(main())
+
+
+def test_each_stream_of_a_job_counts_against_the_queue():
+    async def main():
+        log: list[str] = []
+        gate = threading.Event()
+        scheduler = Scheduler(2)  # two generations may wait behind the running one
+        loop = asyncio.get_running_loop()
+        running = Job([steps("r", 1, log, gate)], loop)
+        scheduler.submit(running)
+        await started(scheduler)
+        scheduler.check_room(2)  # asks, queues nothing
+        two = Job([steps("a", 1, log), steps("b", 1, log)], loop)
+        scheduler.submit(two)  # 2 streams: the queue is full now, though it holds one job
+        with pytest.raises(QueueFull, match="busy"):
+            scheduler.check_room(1)
+        with pytest.raises(QueueFull, match="asks for 2"):
+            scheduler.submit(Job([steps("x", 1, log), steps("y", 1, log)], loop))
+        gate.set()
+        assert await text_of(running) == "r0 " and await text_of(two) == "a0 b0 "
+        scheduler.check_room(3)  # room again: three fit beside nothing running
+        scheduler.close()
+        with pytest.raises(ShuttingDown):
+            scheduler.check_room(1)
+        assert "x start" not in log and "y start" not in log
+
+    run(main())
+
+
+def test_an_idle_scheduler_takes_a_job_bigger_than_the_queue():
+    async def main():
+        log: list[str] = []
+        scheduler = Scheduler(0)
+        scheduler.check_room(3)
+        job = Job([steps(name, 1, log) for name in "abc"], asyncio.get_running_loop())
+        scheduler.submit(job)
+        assert await text_of(job) == "a0 b0 c0 "
+        scheduler.close()
+
+    run(main())
+
+
+def test_wait_closed_returns_only_once_the_worker_has_left_the_stream():
+    inside, gate, log = threading.Event(), threading.Event(), []
+
+    def held():  # a generation whose round lasts until the test lets it go
+        try:
+            inside.set()
+            assert gate.wait(30)
+            log.append("round done")
+            yield GenerationResponse("r ", [1], None, None, GenerationStats())
+            yield GenerationResponse("never ", [2], None, "length", GenerationStats())
+        finally:
+            log.append("closed")
+
+    async def main():
+        scheduler = Scheduler(1)
+        job = Job([held()], asyncio.get_running_loop())
+        scheduler.submit(job)
+        assert await asyncio.to_thread(inside.wait, 30)
+        scheduler.close()
+        assert not await asyncio.to_thread(scheduler.wait_closed, 0.2)  # the worker is still inside
+        assert log == []
+        gate.set()
+        assert await asyncio.to_thread(scheduler.wait_closed, 30)
+        assert log == ["round done", "closed"]  # stopped after its round, closed before wait_closed said so
+
+    run(main())
+
+
+def test_wait_closed_before_close_is_a_mistake():
+    scheduler = Scheduler(1)
+    with pytest.raises(RuntimeError, match="before close"):
+        scheduler.wait_closed(1)
+    scheduler.close()
+    assert scheduler.wait_closed(30)

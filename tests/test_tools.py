@@ -294,3 +294,69 @@ def test_a_template_that_insists_on_short_call_ids_takes_ours():
     assert len(set(ids)) == 2 and all(len(i) == 9 for i in ids) and len(ids) == 4  # each call and its result
     assert mistral.render(HISTORY, tools=[WEATHER]) == mistral.render(HISTORY, tools=[WEATHER])  # 9 kept as is
     assert CALL_ID in mistral.render(HISTORY, tools=[WEATHER])
+
+
+# ---- a call cut off by max_tokens ----------------------------------------------------------------------------
+HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>'
+
+
+@pytest.mark.parametrize("text, name, arguments", [
+    ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par', "get_weather", '{"city": "Par'),
+    ('<tool_call>\n{"name": "get_weather", "arguments": {"ci', "get_weather", '{"ci'),
+    ('<tool_call>\n{"name": "get_weather", "arguments": ', "get_weather", ""),
+    ('<tool_call>\n{"name": "get_weather", "argu', "get_weather", ""),
+    ('<tool_call>\n{"name": "get_wea', "get_wea", ""),
+    ('<tool_call>\n{"name": "get_\\u00e9', "get_\u00e9", ""),
+    ('<tool_call>\n{"name": "get_\\u00', "get_", ""),  # a cut escape is left out
+    ('<tool_call>\n{"name":', "", ""),
+    ("<tool_call>\n", "", ""),
+    ('<tool_call>{"arguments": {"city": "Paris"}, "name": "get_we', "get_we", '{"city": "Paris"}'),
+    ('<tool_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Pa', "get_weather", '{"city": "Pa'),
+    ('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Pa', "get_weather", '{"city": "Pa'),
+    ("[TOOL_CALLS]", "", ""),
+    ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Pa', "get_weather", '{"city": "Pa'),
+    ('{"name": "get_weather", "parameters": {"city": "Pa', "get_weather", '{"city": "Pa'),
+    ('```json\n{"name": "get_weather", "arguments": {"unit": "C", "city": 1', "get_weather",
+     '{"unit": "C", "city": 1'),
+])
+def test_a_cut_call_is_read_as_far_as_it_goes(text, name, arguments):
+    parsed = parse_answer(text, NAMES, cut=True)
+    assert parsed.partial and parsed.content is None
+    assert [(c.name, c.arguments) for c in parsed.calls] == [(name, arguments)]
+    assert parse_answer(text, NAMES).calls == []  # not cut: a malformed answer stays text
+
+
+def test_whole_calls_before_the_cut_one_are_kept():
+    text = "Checking.\n" + HERMES_CALL + '\n<tool_call>\n{"name": "get_time", "argu'
+    parsed = parse_answer(text, NAMES, cut=True)
+    assert parsed.content == "Checking." and parsed.partial
+    assert [(c.name, c.arguments) for c in parsed.calls] == [("get_weather", json.dumps(ARGS)), ("get_time", "")]
+    listed = '[TOOL_CALLS][{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": {"ci'
+    assert [(c.name, c.arguments) for c in parse_answer(listed, NAMES, cut=True).calls] == \
+        [("get_time", "{}"), ("get_weather", '{"ci')]
+
+
+@pytest.mark.parametrize("text, content", [
+    ("The weather in Paris is", "The weather in Paris is"),  # prose cut off
+    ('{"city": "Par', '{"city": "Par'),  # a JSON answer cut off, not a call
+    ('{"name": "Paris", "arguments": {', '{"name": "Paris", "arguments": {'),  # names no offered tool
+    ("Let me check. <tool_", "Let me check. "),  # cut in the tag: the tag's beginning goes
+    ("<", ""),
+    (HERMES_CALL, None),  # whole, though cut right after: a call, not partial
+])
+def test_a_cut_answer_without_a_cut_call(text, content):
+    parsed = parse_answer(text, NAMES, cut=True)
+    assert not parsed.partial and parsed.content == content
+    assert len(parsed.calls) == (1 if text == HERMES_CALL else 0)
+
+
+@pytest.mark.parametrize("piece", [1, 3, 1000])
+def test_a_streamed_cut_call_is_the_whole_answers(piece):
+    for text in (HERMES_CALL[:60], "Let me check. <tool_", "Checking.\n" + HERMES_CALL[:40]):
+        stream = ToolCallStream(NAMES)
+        sent = "".join(stream.feed(text[i:i + piece]) for i in range(0, len(text), piece))
+        end = stream.finish(cut=True)
+        whole = parse_answer(text, NAMES, cut=True)
+        assert [(c.name, c.arguments) for c in end.calls] == [(c.name, c.arguments) for c in whole.calls]
+        assert end.partial == whole.partial
+        assert "<tool" not in sent + (end.content or "")

@@ -23,8 +23,8 @@ config's `nodes.key` (or QUICKDRAFT_NODE_KEY): `up` hands it to the nodes it sta
 - status probes every worker (RPC protocol version, device memory, round trip) and node (quickdraft and
   protocol versions, model, memory, round trip) and the server's /health; a worker the server's target uses
   answers nobody else (rpc-server serves one client), so its figures are the server's, from when it connected;
-- swap asks the server to load another of `models` (POST /v1/quickdraft/admin/swap, with the API key): new
-  requests wait, running ones finish, the workers stay up.
+- swap asks the server to load another of `models` (POST /v1/quickdraft/admin/swap, with server.admin_key,
+  else the API key): new requests wait, running ones finish, the workers stay up.
 """
 
 from __future__ import annotations
@@ -302,8 +302,10 @@ def server_root(config: "Config") -> str:
     return f"http://{host}:{config.server.port}"
 
 
-def _auth_headers(config: "Config") -> dict:
-    return {"Authorization": f"Bearer {config.server.api_key}"} if config.server.api_key else {}
+def _auth_headers(config: "Config", *, admin: bool = False) -> dict:
+    """The API key's header; admin: the admin key's (server.admin_key, else the API key), for swap."""
+    key = (config.server.admin_key if admin else None) or config.server.api_key
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def server_status(config: "Config") -> dict:
@@ -312,7 +314,7 @@ def server_status(config: "Config") -> dict:
     root = server_root(config)
     out: dict = {"url": root, "pid": running_pid(_pid_file(_cluster(config).run_path, "serve"))}
     try:
-        health = httpx.get(f"{root}/health", timeout=3)
+        health = httpx.get(f"{root}/health", headers=_auth_headers(config), timeout=3)  # with the key: where
     except httpx.HTTPError as e:
         return {**out, "reachable": False, "error": str(e)}
     out.update(reachable=True, health=health.json())
@@ -391,7 +393,7 @@ def swap(config: "Config", model: str, timeout: float = 600.0) -> dict:
     import httpx
 
     r = httpx.post(f"{server_root(config)}/v1/quickdraft/admin/swap", json={"model": model},
-                   headers=_auth_headers(config), timeout=timeout)
+                   headers=_auth_headers(config, admin=True), timeout=timeout)
     if r.status_code != 200:
         try:
             message = r.json()["error"]["message"]

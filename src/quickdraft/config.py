@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from quickdraft.cluster import ClusterConfig
 from quickdraft.errors import QuickdraftError
@@ -114,9 +114,11 @@ class SamplingConfig(_Section):
 
 
 class LimitsConfig(_Section):
-    queue_size: int = Field(16, ge=0, description="requests that may wait while one runs; beyond: HTTP 429")
+    queue_size: int = Field(16, ge=0, description="generations (a request's prompts x n) that may wait while one request runs; beyond: HTTP 429")
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="request body limit; beyond: HTTP 413")
     max_tokens: int = Field(4096, ge=1, description="cap on a request's max_tokens (the context caps it too)")
+    max_choices: int = Field(16, ge=1, description="choices one request may ask for (prompts x n); beyond: "
+                             "HTTP 400")
 
 
 class ServerConfig(_Section):
@@ -128,6 +130,22 @@ class ServerConfig(_Section):
         False, description="true: a request naming another model than the served one is a 404 (false: the one "
         "model served answers any name, as llama-server does)")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    # what browsers may do (quickdraft.server.guard; docs/server.md, "Security")
+    admin_key: str | None = Field(None, description="bearer token for the admin endpoints (POST "
+                                  "/v1/quickdraft/admin/swap); null: the API key. With neither, they are refused")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="web pages allowed to call the server from a browser, by origin "
+        "(http://localhost:3000; http://localhost:* for any port; * for every page: unsafe); a browser request "
+        "from any other page is refused (403). Empty by default; a comma-separated string works too")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names accepted besides localhost, 127.0.0.1 and [::1] when the "
+        "server listens on a loopback address (e.g. behind a reverse proxy; * for any: unsafe, DNS rebinding)")
+
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """QUICKDRAFT_SERVER__CORS_ORIGINS=a,b and --set server.cors_origins=a,b give a string."""
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
     def is_loopback(self) -> bool:
         if self.host == "localhost":
@@ -183,8 +201,9 @@ class Config(_Section):
     def public_dict(self) -> dict:
         """The config as plain data with the API key masked (for `config show` and the status endpoint)."""
         data = self.model_dump(mode="json")
-        if data["server"]["api_key"]:
-            data["server"]["api_key"] = "***"
+        for secret in ("api_key", "admin_key"):
+            if data["server"][secret]:
+                data["server"][secret] = "***"
         if data["nodes"]["key"]:
             data["nodes"]["key"] = "***"
         return data

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import llguidance
+import llguidance.gbnf_to_lark as gbnf
 import numpy as np
 
 from quickdraft.coupling import coupled_token, filtered
@@ -63,10 +64,54 @@ def llguidance_grammar(spec: GrammarSpec) -> str:
         if spec.kind in ("regex", "lark", "gbnf"):
             if not isinstance(spec.value, str) or not spec.value.strip():
                 raise GrammarError(f"the {spec.kind} grammar must be a non-empty string")
+            if spec.kind == "gbnf":
+                return llguidance.LLMatcher.grammar_from_lark(gbnf_to_lark(spec.value))
             return llguidance.grammar_from(spec.kind, spec.value)
     except ValueError as e:  # not JSON, or GBNF that does not parse
         raise GrammarError(f"invalid {spec.kind} grammar: {e}") from None
     raise GrammarError(f"unknown grammar kind {spec.kind!r}")
+
+
+class _Group(gbnf.ASTNode):
+    """A parenthesised node in the Lark text llguidance's GBNF converter writes."""
+
+    def __init__(self, node: gbnf.ASTNode):
+        self.node = node
+
+    def __str__(self) -> str:
+        return f"({self.node})"
+
+    def children(self) -> list[gbnf.ASTNode]:
+        return [self.node]
+
+
+def gbnf_to_lark(text: str) -> str:
+    """A llama.cpp GBNF grammar as llguidance's Lark, by llguidance's own converter (grammar_from("gbnf")) with
+    one fix: a repetition of a repetition, ("a"+)+ or (x?)*, keeps its parentheses. The converter drops them
+    and writes "a"++, which its Lark refuses, while llama.cpp accepts the GBNF; with them the language is the
+    same. Text already in Lark syntax (llguidance takes either as "gbnf") is returned as it is."""
+    if gbnf.is_lark_syntax(text):
+        return text
+    try:
+        rules = gbnf.GrammarParser().parse(text)
+        gbnf.resolve(rules)  # also drops redundant groups, which is where the parentheses go
+        for rule in rules.values():
+            _group_nested_repetitions(rule.alternatives)
+    except Exception as e:  # the converter raises its own error or a plain Exception (unknown rule, no root)
+        raise ValueError(f"Failed to convert the grammar from GBNF to Lark: {e}") from None
+    lark, after_block = "%llguidance {}\n\n", True  # the rules written as the converter writes them
+    for rule in sorted(rules.values(), key=lambda r: r.order):
+        block = "\n" in str(rule)  # a rule of several alternatives stands between blank lines
+        lark += ("\n" if block and not after_block else "") + f"{rule}\n" + ("\n" if block else "")
+        after_block = block
+    return lark
+
+
+def _group_nested_repetitions(node: gbnf.ASTNode) -> None:
+    if isinstance(node, gbnf.RepetitionNode) and isinstance(node.node, gbnf.RepetitionNode):
+        node.node = _Group(node.node)
+    for child in node.children():
+        _group_nested_repetitions(child)
 
 
 class Constraint:
@@ -86,7 +131,22 @@ class Constraint:
         matcher = llguidance.LLMatcher(tokenizer, llguidance_grammar(spec), log_level=0)
         if matcher.is_error():
             raise GrammarError(f"invalid {spec.kind} grammar: {matcher.get_error().strip()}")
-        return cls(matcher, n_vocab, tokenizer.eos_tokens, spec)
+        constraint = cls(matcher, n_vocab, tokenizer.eos_tokens, spec)
+        if constraint.matches_nothing():
+            raise GrammarError(f"invalid {spec.kind} grammar: it matches no text at all (as when a rule or a $ref "
+                               'only refers to itself, like the JSON schema {"$ref": "#"})')
+        return constraint
+
+    def matches_nothing(self) -> bool:
+        """At the start: the grammar allows no text, not even the empty one. llguidance compiles such a grammar
+        (a $ref to the schema itself has no way out) and then allows only the end token: without this check
+        the answer would be an empty 200."""
+        if self.matcher.is_accepting():
+            return False
+        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+        allowed = np.unpackbits(bits, bitorder="little")[: self.n_vocab].astype(bool)
+        allowed[[t for t in self.end_tokens if t < self.n_vocab]] = False
+        return not allowed.any()
 
     def valid_prefix(self, draft: Sequence[int]) -> int:
         """How many leading draft tokens the grammar accepts from here. The draft stops before an

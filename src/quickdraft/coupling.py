@@ -49,10 +49,15 @@ def _bits(seed: int, position: int, stream: int, index: np.ndarray) -> np.ndarra
     return _mix(_mix(key) + (index.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
 
 
+_U_MAX = 1.0 - 2.0**-53  # the largest float64 below 1
+
+
 def _exp1(bits: np.ndarray) -> np.ndarray:
-    """Exp(1) from 53 random bits: -log(u) with u uniform on (0, 1]."""
+    """Exp(1) from 53 random bits: -log(u) with u uniform on (0, 1), never 0. u = 1 (all bits set) would give
+    noise 0, whose log is -inf: a masked token's key -inf - (-inf) would be NaN, which argmax picks (a token the
+    grammar forbids). u = 1 is moved to the float just below it, a change of 2^-53 in one draw's probability."""
     u = ((bits >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
-    return -np.log(u)
+    return -np.log(np.minimum(u, _U_MAX))
 
 
 def _block_noise(seed: int, position: int, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

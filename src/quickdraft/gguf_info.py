@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 from gguf import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
+from quickdraft.atomic_file import write_atomic
 from quickdraft.errors import QuickdraftError
 
 CACHE_ENV = "QUICKDRAFT_GGUF_INFO_CACHE"
@@ -51,6 +52,10 @@ _SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
 
 class GGUFInfoError(QuickdraftError):
     """A file that is not a GGUF model we can read."""
+
+
+class GGUFUnsupported(GGUFInfoError):
+    """A GGUF this reader does not understand (a newer tensor type, nested arrays) that llama.cpp may load."""
 
 
 @dataclass
@@ -140,23 +145,32 @@ def cache_path() -> Path:
 
 
 def _load_cache(path: Path) -> dict:
+    """Entries by path; a missing, unreadable or damaged cache is empty (its headers are read again)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
         return {}
-    return data.get("files", {})
+    files = data.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def _cached(entry, stamp: dict) -> ModelInfo | None:
+    """The ModelInfo of a cache entry for a file with this size and mtime; None if it is stale or damaged."""
+    if not isinstance(entry, dict) or entry.get("stamp") != stamp:
+        return None
+    try:
+        return ModelInfo.from_dict(entry["info"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def _save_cache(path: Path, entries: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": entries}))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"version": CACHE_VERSION, "files": entries}))
     except OSError:
-        pass  # a read-only cache only costs re-reading headers
+        pass  # a read-only cache or a full disk only costs re-reading headers
 
 
 def _cache_key(path: Path) -> tuple[str, dict]:
@@ -189,9 +203,9 @@ def try_read_infos(paths: list, *, use_cache: bool = True) -> list[ModelInfo | G
         path = Path(p).expanduser().absolute()
         try:
             key, stamp = _cache_key(path)
-            hit = entries.get(key)
-            if hit and hit.get("stamp") == stamp:
-                out.append(ModelInfo.from_dict(hit["info"]))
+            hit = _cached(entries.get(key), stamp)
+            if hit is not None:
+                out.append(hit)
                 continue
             info = _read_uncached(path)
             entries[key] = {"stamp": stamp, "info": info.to_dict()}
@@ -265,7 +279,7 @@ def _read_value(s: _Stream, vtype: int, key: str, header: _Header):
             s.skip(s.unpack("Q"))
         return count
     if item_type == GGUFValueType.ARRAY:
-        raise GGUFInfoError(f"nested arrays are not supported ({key})")
+        raise GGUFUnsupported(f"nested arrays are not supported ({key})")
     if count <= 64:  # small arrays (per-layer head counts) are kept
         return [s.unpack(_SCALARS[item_type]) for _ in range(count)]
     s.skip(count * struct.calcsize(_SCALARS[item_type]))
@@ -305,7 +319,7 @@ def _read_header(path: Path) -> _Header:
             try:
                 n_bytes = _tensor_bytes(n_elements, ggml_type)
             except (ValueError, KeyError):
-                raise GGUFInfoError(f"{path}: tensor {name} has a type this gguf package does not know "
+                raise GGUFUnsupported(f"{path}: tensor {name} has a type this gguf package does not know "
                                     f"({ggml_type}); upgrade gguf") from None
             header.tensors.append((name, n_elements, n_bytes, ggml_type))
         return header

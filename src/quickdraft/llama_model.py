@@ -281,9 +281,13 @@ class LlamaModel:
         self.name = name or path.stem
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
-        with open(path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes)")
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except OSError as e:  # unreadable (permissions), or deleted since
+            raise ModelLoadError(f"cannot read the model file {path}: {e.strerror or e}") from None
+        if magic != b"GGUF":
+            raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes)")
         lib = _llama()
         self._lib = lib
         self.threads = threads or default_threads()
@@ -336,7 +340,7 @@ class LlamaModel:
         # once the cache holds 512 cells, a tiled kernel for many queries), and those round differently;
         # without it, on a build without llamafile's sgemm (used for batches of 2+ only), batches reproduce
         # single tokens bit for bit except where weights are repacked (Q4_K: gemm for groups of 4 rows).
-        # Measured: scripts/batch_exactness.py, README "Exactness"; the rest is probed (quickdraft.exactness).
+        # Measured: scripts/batch_exactness.py, docs/exactness.md; the rest is probed (quickdraft.exactness).
         self.exact = exact
         if flash_attn is None and exact:
             flash_attn = False
@@ -425,11 +429,28 @@ class LlamaModel:
     def is_eog(self, token: int) -> bool:
         return token in self._eog
 
+    @cached_property
+    def fim_tokens(self) -> dict[str, int]:
+        """The fill-in-the-middle tokens llama.cpp knows for this vocabulary, by role (pre, suf, mid, rep,
+        sep), only those it has: the server's /infill builds its prompt with them, as llama-server does."""
+        lib, found = self._lib, {}
+        for role in ("pre", "suf", "mid", "rep", "sep"):
+            token = int(getattr(lib, f"llama_vocab_fim_{role}")(self._vocab))
+            if token >= 0:
+                found[role] = token
+        return found
+
+    @cached_property
+    def adds_bos(self) -> bool:
+        """Whether tokenizing with special tokens puts a BOS first (the GGUF's add_bos_token)."""
+        return bool(self._lib.llama_vocab_get_add_bos(self._vocab))
+
     def grammar_tokenizer(self):
         """The vocabulary as llguidance's tokenizer, for grammar masks (quickdraft.constraint); its end tokens
         are the end-of-generation tokens. Built on first use (about 2 s for Gemma's 262,144 tokens) and kept."""
         with _grammar_tokenizer_lock:
             if getattr(self, "_grammar_tokenizer", None) is None:
+                self._require_open()
                 from llguidance.llamacpp import lltokenizer_from_vocab
 
                 with warnings.catch_warnings():  # it calls a deprecated alias once per token
@@ -439,6 +460,7 @@ class LlamaModel:
 
     # ---- text <-> tokens ------------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        self._require_open()
         data = text.encode("utf-8")
         n_max = len(data) + 16
         buf = (ctypes.c_int32 * n_max)()
@@ -453,6 +475,7 @@ class LlamaModel:
         """The bytes a token renders as in generated text (control tokens render as nothing)."""
         piece = self._piece_cache.get(token)
         if piece is None:
+            self._require_open()
             buf = ctypes.create_string_buffer(64)
             n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
             if n < 0:
@@ -467,6 +490,7 @@ class LlamaModel:
 
     def token_text(self, token: int) -> str:
         """The vocabulary entry of a token (special tokens included), for display."""
+        self._require_open()
         return (self._lib.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", "replace")
 
     # ---- the KV cache -----------------------------------------------------------------------------------
@@ -476,6 +500,7 @@ class LlamaModel:
         The returned array (n_logits x n_vocab, float32) is a view into llama.cpp's buffer, valid until the
         next call on this model.
         """
+        self._require_open(context=True)
         n = len(tokens)
         if n_logits < 1 or n_logits > n:
             raise ValueError(f"n_logits must be in [1, {n}], got {n_logits}")
@@ -509,6 +534,7 @@ class LlamaModel:
         `tokens` says what it holds afterwards)."""
         if n_keep >= len(self.tokens):
             return
+        self._require_open(context=True)
         ok = self._lib.llama_memory_seq_rm(self._memory, 0, n_keep, -1)
         if not ok:  # a cache that cannot remove a tail (recurrent models): start over
             self._lib.llama_memory_clear(self._memory, True)
@@ -517,23 +543,29 @@ class LlamaModel:
         del self.tokens[n_keep:]
 
     def reset(self) -> None:
+        self._require_open(context=True)
         self._lib.llama_memory_clear(self._memory, True)
         self.tokens = []
+
+    def probe_lengths(self, limit: int, kv_lens: Sequence[int]) -> tuple[int, list[int]]:
+        """The batch limit and the prefix lengths `max_exact_batch` really tests in this context: a prefix
+        whose batches would not fit n_ctx is left out (a small context tests less than a large one, so what
+        remembers a result must key on these, not on what was asked)."""
+        limit = max(1, min(limit, self.n_batch, self.n_ctx - 1))
+        return limit, sorted({n for n in kv_lens if n >= 1 and n + limit <= self.n_ctx}) or [1]
 
     def max_exact_batch(self, limit: int, kv_lens: Sequence[int] = (24,), text: str | None = None) -> int:
         """The largest batch (<= limit) such that every batch up to it, after a prefix of each of `kv_lens`
         tokens, gives the logits, bit for bit, of decoding its tokens one at a time on this machine.
         Speculative verification is lossless only up to that batch size: some llama.cpp kernels (llamafile's
         sgemm, repacked K-quant gemm) round differently for larger batches. The prefixes are read as a prompt
-        is (`evaluate`), each extending the one before; the cache is emptied afterwards."""
-        limit = max(1, min(limit, self.n_batch, self.n_ctx - 1))
-        kv_lens = [n for n in kv_lens if n >= 1 and n + limit <= self.n_ctx] or [1]
-        tokens = self.tokenize(text or _PROBE_TEXT)
-        while len(tokens) < max(kv_lens) + limit:
-            tokens += tokens
+        is (`evaluate`), each extending the one before; the cache is emptied afterwards. Only the prefixes
+        that fit the context are tested (`probe_lengths`)."""
+        limit, kv_lens = self.probe_lengths(limit, kv_lens)
+        tokens = self._probe_tokens(max(kv_lens) + limit, text)
         exact = limit
         self.reset()
-        for n in sorted(kv_lens):
+        for n in kv_lens:
             if exact < 2:
                 break
             self.evaluate(tokens[:n], 1)
@@ -545,6 +577,43 @@ class LlamaModel:
                     break
         self.reset()
         return exact
+
+    def prompt_reuse_exact(self, prefix: int, suffix: int, *, steps: int = 2, answer: int = 4,
+                           text: str | None = None) -> bool:
+        """Whether a prompt read after a cached prefix leaves, bit for bit, what reading it afresh leaves.
+
+        A fresh read splits a prompt into chunks of n_batch from its first token; after a cached prefix (the
+        previous request's prompt and answer) `evaluate` reads only the rest, in chunks of n_batch from the
+        first new token: other batch shapes for the same positions, which some kernels round differently.
+        Compared: reading prefix + suffix tokens afresh, against reading `prefix` tokens (the last `answer`
+        of them one at a time, as a generated answer is) and then the `suffix` in one batch (up to n_batch
+        tokens); the logits of the last prompt position (they choose the first generated token) and of
+        `steps` one-token steps after it (they read the KV cache the prompt left) must be equal. The cache is
+        emptied afterwards."""
+        n = prefix + suffix
+        tokens = self._probe_tokens(n + steps, text)
+        answer = max(0, min(answer, prefix - 1))
+
+        def read_then_step() -> list[np.ndarray]:
+            logits = [self.evaluate(tokens[:n], 1)[0].copy()]  # after `prefix` tokens: the suffix, one batch
+            return logits + [self.evaluate(tokens[: n + i + 1], 1)[0].copy() for i in range(steps)]
+
+        self.reset()
+        fresh = read_then_step()
+        self.reset()
+        self.evaluate(tokens[: prefix - answer], 1)
+        for end in range(prefix - answer + 1, prefix + 1):
+            self.evaluate(tokens[:end], 1)
+        reused = read_then_step()
+        self.reset()
+        return all(np.array_equal(a, b) for a, b in zip(fresh, reused))
+
+    def _probe_tokens(self, n: int, text: str | None) -> list[int]:
+        """At least n tokens of the probes' text (repeated as needed)."""
+        tokens = self.tokenize(text or _PROBE_TEXT)
+        while len(tokens) < n:
+            tokens += tokens
+        return tokens
 
     def _decode(self, chunk: Sequence[int], pos0: int, n_logits: int) -> None:
         m = len(chunk)
@@ -566,6 +635,13 @@ class LlamaModel:
             raise RuntimeError(f"llama_decode failed with code {rc} on {self.name} ({m} tokens at {pos0})")
 
     # ---- lifetime -------------------------------------------------------------------------------------
+    def _require_open(self, context: bool = False) -> None:
+        """A clear error for a call on a closed model (or a tokenizer's missing context), where llama.cpp
+        would read freed or no memory and crash the process."""
+        if not getattr(self, "_model", None) or (context and not getattr(self, "_ctx", None)):
+            what = "closed" if not getattr(self, "_model", None) else "a tokenizer without a context"
+            raise RuntimeError(f"the model {self.name} is {what}: it cannot evaluate or tokenize")
+
     def close(self) -> None:
         lib = getattr(self, "_lib", None)
         if lib is None:
@@ -577,6 +653,7 @@ class LlamaModel:
             lib.llama_free(self._ctx)
             self._ctx = None
         self._grammar_tokenizer = None  # it points into the vocabulary freed below
+        self._vocab = self._memory = None
         if getattr(self, "_model", None):
             lib.llama_model_free(self._model)
             self._model = None

@@ -13,8 +13,8 @@ from typing import Sequence
 
 from quickdraft import model_store
 from quickdraft.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
-from quickdraft.errors import IncompatibleVocabError
-from quickdraft.exactness import exact_max_k
+from quickdraft.errors import IncompatibleVocabError, ModelLoadError
+from quickdraft.exactness import exact_max_k, prompt_cache_exact
 from quickdraft.llama_model import LlamaModel
 from quickdraft.node import is_node_url, open_drafter, open_target
 from quickdraft.policy import MAX_K
@@ -31,10 +31,43 @@ def open_model(spec: str, *, n_ctx: int = 4096, threads: int | None = None, exac
 
         check_workers(rpc_servers)  # another llama.cpp version's worker would abort this process in llama.cpp
     name = Path(spec).stem if str(spec).endswith(".gguf") else str(spec)  # a path: its file name
-    model = LlamaModel(model_store.resolve(spec), n_ctx=n_ctx, threads=threads, name=name, exact=exact,
+    path = model_store.resolve(spec)
+    check_gguf(path)
+    model = LlamaModel(path, n_ctx=n_ctx, threads=threads, name=name, exact=exact,
                        rpc_servers=rpc_servers, n_gpu_layers=gpu_layers, main_gpu=main_gpu)
     report_placement(model)
     return model
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse a file that is not a whole GGUF model before llama.cpp reads it: a damaged header or a file
+    shorter than its tensors (a copy cut short) is a ModelLoadError naming the cause and what to do, where
+    llama.cpp's own refusal names a tensor out of bounds. Reads the header only (gguf_info, cached), so a
+    swap can run it before it closes the running target."""
+    from quickdraft.gguf_info import GGUFInfoError, GGUFUnsupported, read_info
+
+    try:
+        info = read_info(path)
+    except GGUFUnsupported:  # newer than this reader: llama.cpp decides
+        return
+    except GGUFInfoError as e:
+        raise ModelLoadError(f"cannot load {path}: {str(e).replace(f'{path}: ', '')}") from None
+    if info.file_size < info.tensor_bytes:
+        raise ModelLoadError(f"cannot load {path}: the file is truncated ({info.file_size} bytes; its tensors "
+                             f"alone take {info.tensor_bytes}): copy or download it again")
+
+
+def check_model_file(spec: str) -> None:
+    """Raise ModelLoadError if `spec` names a local model that cannot load (missing, unreadable, damaged),
+    without loading it: a swap checks the new target so before it closes the running one. A node:// target,
+    `auto` and a precision copy not made yet are left to the load."""
+    if is_node_url(spec) or spec == "auto":
+        return
+    try:
+        path = model_store.resolve(spec, progress=False, derive_missing=False)
+    except model_store.NotMadeYet:
+        return
+    check_gguf(path)
 
 
 def describe_placement(model: LlamaModel) -> str:
@@ -51,17 +84,19 @@ def report_placement(model: LlamaModel) -> None:
     """Log where the layers went; warn when GPU layers were asked for and llama.cpp had nowhere to put them."""
     if model.n_gpu_layers != 0 and model.layer_devices and model.offloaded_layers == 0:
         log.warning("%s: GPU layers asked for, but this llama.cpp build has no GPU backend: every layer is in RAM "
-                    "(README, GPUs: `make install` builds for the GPU it finds)", model.name)
+                    "(docs/gpu.md: `make install` builds for the GPU it finds)", model.name)
     log.info("%s: %s", model.name, describe_placement(model))
 
 
 def local_target(model: LlamaModel, *, exact: bool = True) -> LocalTarget:
     """The model as a target. exact: K capped to what this machine verifies bit-exactly, and no prompt cache
-    for a model whose batches round differently (its first token would differ after a cached prefix)."""
+    for a model whose batches round differently (its first token would differ after a cached prefix), nor
+    where the probe found a prompt read after a cached prefix rounding otherwise than a fresh read."""
     if not exact:
         return LocalTarget(model, max_k=MAX_K)
     max_k = exact_max_k(model, MAX_K)
-    return LocalTarget(model, max_k=max_k, fresh_prefill=max_k < MAX_K)
+    keep_cache = max_k == MAX_K and prompt_cache_exact(model, MAX_K)
+    return LocalTarget(model, max_k=max_k, fresh_prefill=not keep_cache)
 
 
 def load_target(spec: str, *, n_ctx: int = 4096, threads: int | None = None, exact: bool = True,

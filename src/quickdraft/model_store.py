@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
 
+from quickdraft.atomic_file import remove_stale_temps, temp_path
 from quickdraft.errors import ModelLoadError
 from quickdraft.llama_model import quantize
 
@@ -29,6 +31,10 @@ BASE_MODELS = {
 }
 DERIVED_TYPES = {"q8_0": 7, "f16": 1, "f32": 0}  # llama_ftype values
 BYTES_PER_WEIGHT = {"q8_0": 34 / 32, "f16": 2.0, "f32": 4.0}
+
+
+class NotMadeYet(ModelLoadError):
+    """A precision copy that `resolve` would make, asked for with derive_missing=False."""
 
 
 def cache_dir() -> Path:
@@ -77,7 +83,7 @@ def resolve(name_or_path: str | os.PathLike, *, progress: bool = True, derive_mi
                 out = cache_dir() / "models" / f"{base}-{t}.gguf"
                 if not out.is_file():
                     if not derive_missing:
-                        raise ModelLoadError(f"not made yet: quickdraft models prepare {s}")
+                        raise NotMadeYet(f"not made yet: quickdraft models prepare {s}")
                     derive(_base_path(base), out, t, progress=progress)
                 return out
     p = Path(s).expanduser()
@@ -89,23 +95,42 @@ def resolve(name_or_path: str | os.PathLike, *, progress: bool = True, derive_mi
 
 
 def derive(src: Path, out: Path, ftype: str, *, progress: bool = True, threads: int | None = None) -> Path:
-    """Write `src` re-quantized to `ftype` at `out` with llama.cpp's llama_model_quantize."""
+    """Write `src` re-quantized to `ftype` at `out` with llama.cpp's llama_model_quantize.
+
+    llama.cpp writes a temporary file beside `out`, renamed to `out` only once complete (atomic_file): an
+    interrupted run (Ctrl-C, kill, a full disk) leaves no `out` to be loaded half-written, and its temporary
+    file is removed (now, or by the next run when the process was killed)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    remove_stale_temps(out)
+    tmp = temp_path(out)
+    expected = _expected_size(src, ftype)
+    try:
+        done = _quantize(src, tmp, ftype, expected, label=out.name, progress=progress, threads=threads)
+        if not done or not tmp.is_file():
+            raise ModelLoadError(f"llama.cpp could not convert {src} to {ftype}{_space_note(tmp, expected)}")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _quantize(src: Path, tmp: Path, ftype: str, expected: int, *, label: str, progress: bool,
+              threads: int | None) -> bool:
+    """Run llama.cpp's quantize into `tmp` on a thread, showing the file grow toward its expected size (it
+    has no progress callback); True if it succeeded."""
     result: dict = {}
 
     def work():
         result["ok"] = quantize(src, tmp, DERIVED_TYPES[ftype], threads)
 
-    # llama_model_quantize has no progress callback: show the output file growing toward its expected size
-    expected = _expected_size(src, ftype)
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
     if progress:
         from rich.progress import BarColumn, DownloadColumn, Progress, TimeElapsedColumn
 
         with Progress(
-            f"[bold]making {out.name}[/]", BarColumn(), DownloadColumn(), TimeElapsedColumn(), transient=False
+            f"[bold]making {label}[/]", BarColumn(), DownloadColumn(), TimeElapsedColumn(), transient=False
         ) as bar:
             task = bar.add_task("quantize", total=expected)
             while worker.is_alive():
@@ -113,19 +138,27 @@ def derive(src: Path, out: Path, ftype: str, *, progress: bool = True, threads: 
                 time.sleep(0.2)
             bar.update(task, completed=expected)
     worker.join()
-    if not result.get("ok") or not tmp.is_file():
-        tmp.unlink(missing_ok=True)
-        raise ModelLoadError(f"llama.cpp could not convert {src} to {ftype}")
-    os.replace(tmp, out)
-    return out
+    return bool(result.get("ok"))
+
+
+def _space_note(tmp: Path, expected: int) -> str:
+    """Why a copy may have failed: the room for it where it was written (free space and what its unfinished
+    file takes), when that is short of its expected size."""
+    try:
+        room = shutil.disk_usage(tmp.parent).free + (tmp.stat().st_size if tmp.exists() else 0)
+    except OSError:
+        return ""
+    if room >= expected:
+        return ""
+    return (f": {tmp.parent} has room for {room / 2**20:.0f} MiB and the copy needs about {expected / 2**20:.0f} "
+            "MiB (free some space, or set QUICKDRAFT_CACHE to a folder on a bigger disk)")
 
 
 def _expected_size(src: Path, ftype: str) -> int:
     """Parameter count from the GGUF header times the bytes per weight of the new type."""
-    try:
-        from gguf import GGUFReader
+    from quickdraft.gguf_info import GGUFInfoError, read_info
 
-        n_params = sum(int(t.n_elements) for t in GGUFReader(src).tensors)
-        return int(n_params * BYTES_PER_WEIGHT[ftype])
-    except Exception:
+    try:
+        return int(read_info(src).n_params * BYTES_PER_WEIGHT[ftype])
+    except GGUFInfoError:
         return src.stat().st_size * 4

@@ -2,7 +2,8 @@
 
 The order is fixed and documented, because the target and its drafts must apply the same one:
 logits / temperature -> top_k -> softmax -> top_p -> min_p -> renormalise. temperature == 0 means greedy
-(argmax); top_p == 0 keeps the most probable token alone (the nucleus always holds at least one). Which token is drawn from a distribution is quickdraft.coupling's business.
+(argmax), and so does any temperature below MIN_TEMPERATURE; top_p == 0 keeps the most probable token alone
+(the nucleus always holds at least one). Which token is drawn from a distribution is quickdraft.coupling's business.
 """
 
 from __future__ import annotations
@@ -10,9 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from quickdraft.errors import InvalidRequestError
+
+# A temperature below this is greedy (it is stored as 0). Why: logits / T overflows float64 for tiny T (a logit of
+# 100 at T = 1e-307 is inf, and inf - inf is NaN: a wrong token, or an exception with top-p/top-k/min-p), and
+# already at this T the race (coupling.py) picks the argmax: two float32 logits above 1e-21 in size that differ
+# at all differ by more than 40 T, more than the race's noise can make up; only exact ties could go another way.
+MIN_TEMPERATURE = 1e-30
 
 
 class SamplingParams(BaseModel):
@@ -25,6 +32,11 @@ class SamplingParams(BaseModel):
     top_p: float = Field(1.0, ge=0.0, le=1.0, description="0 keeps only the most probable token (as llama.cpp)")
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     seed: int | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _tiny_is_greedy(cls, value: float) -> float:
+        return 0.0 if 0.0 <= value < MIN_TEMPERATURE else value
 
     @property
     def greedy(self) -> bool:

@@ -78,8 +78,10 @@ class LocalTarget:
     """A target model in this process.
 
     max_k: the largest K verified bit-exactly here (quickdraft.exactness measures it). fresh_prefill: the
-    KV cache is emptied at each request, for a model whose batches round differently from single tokens:
-    after a cached prefix its first token would come from another batch shape than a fresh prefill's."""
+    KV cache is emptied at each request, for a model whose batches round differently from single tokens or
+    whose prompt read after a cached prefix (other chunks) rounds differently from a fresh read (the probe's
+    prompt_reuse_exact): after a cached prefix its first token would come from another batch shape than a
+    fresh prefill's."""
 
     def __init__(self, model: LlamaModel, *, max_k: int, fresh_prefill: bool = False):
         self.model = model

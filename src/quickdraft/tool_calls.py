@@ -13,6 +13,10 @@ Formats read (each family writes its own; the parse tries them in this order):
 Bare JSON (the last two) counts as a call only when it names one of the offered tools: otherwise it is
 an ordinary JSON answer. The tagged formats are calls whatever they name.
 
+An answer cut off by max_tokens in the middle of a call (`cut=True`) gives that call as far as it was written:
+its name, and its arguments as the beginning of a JSON text (`partial_call`), as OpenAI's own cut calls come
+back; the content never holds the call's markup.
+
 All pure functions but `ToolCallStream`, which holds back streamed text while it may still be a call.
 """
 
@@ -34,6 +38,8 @@ CALL_OPENERS = (HERMES_OPEN, MISTRAL_MARKER, PYTHON_TAG, "{", "[", "```")
 _ID_ALPHABET = string.ascii_letters + string.digits
 _HERMES_BLOCK = re.compile(re.escape(HERMES_OPEN) + r"(.*?)(?:" + re.escape(HERMES_CLOSE) + r"|\Z)", re.DOTALL)
 _FENCE = re.compile(r"\A```(?:json)?\s*(.*?)\s*```\Z", re.DOTALL)
+_FENCE_OPENING = re.compile(r"\A```(?:json)?\s*")
+_WHITE = " \t\n\r"
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class ToolCall:
 class ParsedAnswer:
     content: str | None  # the text that is not a call (None when there is none)
     calls: list[ToolCall]
+    partial: bool = False  # the last call was cut off: its arguments may be incomplete JSON
 
 
 def new_call_id() -> str:
@@ -57,47 +64,72 @@ def new_call_id() -> str:
 
 
 # ---- parsing ----------------------------------------------------------------------------------------------
-def parse_answer(text: str, tool_names: Iterable[str] = ()) -> ParsedAnswer:
-    """Split a model's answer into content and tool calls (no calls: the text is all content)."""
+def parse_answer(text: str, tool_names: Iterable[str] = (), *, cut: bool = False) -> ParsedAnswer:
+    """Split a model's answer into content and tool calls (no calls: the text is all content). cut: the
+    answer was cut off (max_tokens), so a call it ends in may be incomplete."""
     names = set(tool_names)
-    for parse in (_parse_hermes, _parse_mistral, lambda t: _parse_bare_json(t, names)):
-        parsed = parse(text)
+    if cut:
+        text = _without_cut_tag(text)
+    for parse in (_parse_hermes, _parse_mistral, lambda t, c: _parse_bare_json(t, names, c)):
+        parsed = parse(text, cut)
         if parsed is not None:
             return parsed
     return ParsedAnswer(text, [])
 
 
-def _parse_hermes(text: str) -> ParsedAnswer | None:
+def _without_cut_tag(text: str) -> str:
+    """The text without the beginning of a <tool_call> tag it was cut in ("<tool_")."""
+    return text[:len(text) - _partial_suffix(text, HERMES_OPEN)]
+
+
+def _parse_hermes(text: str, cut: bool = False) -> ParsedAnswer | None:
     if HERMES_OPEN not in text:
         return None
-    calls = []
+    calls, partial = [], False
     for block in _HERMES_BLOCK.finditer(text):
         call = _call_from_text(block.group(1))
+        if call is None and cut and block.end() == len(text) and not block.group(0).endswith(HERMES_CLOSE):
+            call = partial_call(block.group(1))  # the block the answer was cut in
+            partial = call is not None
         if call is None:
             return None  # a malformed block: leave the answer as text rather than drop part of it
         calls.append(call)
-    return ParsedAnswer(_rest(_HERMES_BLOCK.sub("", text)), calls)
+    return ParsedAnswer(_rest(_HERMES_BLOCK.sub("", text)), calls, partial)
 
 
-def _parse_mistral(text: str) -> ParsedAnswer | None:
+def _parse_mistral(text: str, cut: bool = False) -> ParsedAnswer | None:
     before, marker, after = text.partition(MISTRAL_MARKER)
     if not marker:
         return None
     calls = _calls_from_value(_whole_json(after))
-    return None if calls is None else ParsedAnswer(_rest(before), calls)
+    if calls is not None:
+        return ParsedAnswer(_rest(before), calls)
+    if not cut:
+        return None
+    # cut in the list of calls, or right after the marker (a call with no name yet)
+    calls = _partial_call_list(after) if after.strip() else [ToolCall("", "")]
+    return None if calls is None else ParsedAnswer(_rest(before), calls, partial=True)
 
 
-def _parse_bare_json(text: str, names: set[str]) -> ParsedAnswer | None:
+def _parse_bare_json(text: str, names: set[str], cut: bool = False) -> ParsedAnswer | None:
     body = text.strip()
-    if body.startswith(PYTHON_TAG):
+    tagged = body.startswith(PYTHON_TAG)
+    if tagged:
         body = body[len(PYTHON_TAG):]
     fenced = _FENCE.match(body)
     if fenced:
         body = fenced.group(1)
     calls = _calls_from_value(_whole_json(body))
-    if not calls or any(c.name not in names for c in calls):
+    if calls and all(c.name in names for c in calls):
+        return ParsedAnswer(None, calls)
+    if not cut:
         return None
-    return ParsedAnswer(None, calls)
+    # cut off: a call as far as it goes, if it already names an offered tool (or follows <|python_tag|>)
+    body = _FENCE_OPENING.sub("", body, count=1)
+    calls = _partial_call_list(body) if body.startswith("[") else _one(partial_call(body))
+    if not calls or not (tagged or calls[0].name in names):
+        return None
+    return ParsedAnswer(None, calls, partial=True)
 
 
 def _whole_json(text: str) -> Any:
@@ -141,6 +173,125 @@ def call_from_json(value: Any) -> ToolCall | None:
     return ToolCall(name, json.dumps(args, ensure_ascii=False))
 
 
+# ---- calls cut off by max_tokens ------------------------------------------------------------------------------
+def partial_call(text: str) -> ToolCall | None:
+    """The call a cut-off call object had begun ('{"name": "f", "arguments": {"city": "Pa'): its name as far
+    as written ("" before it), its arguments as the JSON text written so far ("" before it; a complete
+    object is normalised as in a whole call). None when `text` does not begin a call object."""
+    members = _object_prefix(text)
+    if members is None:
+        return None
+    name, name_done = members.get("name", ("", False))
+    if not name_done:
+        name = _string_prefix(name)
+    args, args_done = members.get("arguments", members.get("parameters", ("", False)))
+    if not isinstance(name, str):
+        return None
+    if args_done:
+        if isinstance(args, str):  # the arguments written as a JSON string, whole
+            parsed = _whole_json(args)
+            args = parsed if isinstance(parsed, Mapping) else args
+        if isinstance(args, Mapping):
+            args = json.dumps(args, ensure_ascii=False)
+        elif not isinstance(args, str):
+            return None
+    elif args.startswith('"'):  # a JSON string of the arguments, cut: its text so far
+        args = _string_prefix(args)
+    return ToolCall(name, args)
+
+
+def _partial_call_list(text: str) -> list[ToolCall] | None:
+    """A cut-off list of call objects ('[{...}, {"name": "g", "argu'): the whole calls and the cut one."""
+    i = _skip_white(text, 0)
+    if not text.startswith("[", i):
+        return None
+    decoder, calls = json.JSONDecoder(), []
+    i += 1
+    while True:
+        i = _skip_white(text, i)
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except ValueError:  # the object the text was cut in (or nothing yet: a call with no name so far)
+            call = partial_call(text[i:])
+            return None if call is None else calls + [call]
+        call = call_from_json(value)
+        if call is None:
+            return None
+        calls.append(call)
+        i = _skip_white(text, end)
+        if not text.startswith(",", i):
+            return None  # the list is closed (not cut in a call) or not a list of calls
+        i += 1
+
+
+def _object_prefix(text: str) -> dict[str, tuple[Any, bool]] | None:
+    """The members of a JSON object cut off before its end: key -> (value, True) for the values written
+    whole, (the value's text so far, False) for the one it was cut in. None when `text` cannot be the
+    beginning of an object."""
+    decoder, members = json.JSONDecoder(), {}
+    i = _skip_white(text, 0)
+    if i == len(text):
+        return members
+    if text[i] != "{":
+        return None
+    i += 1
+    while True:
+        i = _skip_white(text, i)
+        if i == len(text) or text[i] == "}":
+            return members
+        if text[i] != '"':
+            return None
+        try:
+            key, i = json.decoder.scanstring(text, i + 1)
+        except ValueError:
+            return members  # cut in a key
+        i = _skip_white(text, i)
+        if i == len(text):
+            return members
+        if text[i] != ":":
+            return None
+        i = _skip_white(text, i + 1)
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except ValueError:
+            members[key] = (text[i:], False)
+            return members
+        if end == len(text) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            members[key] = (text[i:], False)  # a number at the cut may go on
+            return members
+        members[key] = (value, True)
+        i = _skip_white(text, end)
+        if i == len(text) or text[i] == "}":
+            return members
+        if text[i] != ",":
+            return None
+        i += 1
+
+
+def _string_prefix(text: str) -> str:
+    """The characters of a JSON string cut off before its closing quote ('"get_wea' -> 'get_wea'); a
+    cut escape sequence at the end is left out."""
+    if not text.startswith('"'):
+        return ""
+    for drop in range(min(6, len(text))):  # an escape is at most 6 characters (\uXXXX)
+        try:
+            value = json.loads(text[:len(text) - drop] + '"')
+        except ValueError:
+            continue
+        return value if isinstance(value, str) else ""
+    return ""
+
+
+def _skip_white(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _WHITE:
+        i += 1
+    return i
+
+
+def _one(call: ToolCall | None) -> list[ToolCall] | None:
+    return None if call is None else [call]
+
+
 def _rest(text: str) -> str | None:
     text = text.strip()
     return text or None
@@ -178,18 +329,19 @@ class ToolCallStream:
         out, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
         return self._sent(out)
 
-    def finish(self) -> ParsedAnswer:
-        """The held text: calls (and the content around them), or all content."""
+    def finish(self, cut: bool = False) -> ParsedAnswer:
+        """The held text: calls (and the content around them), or all content. cut: the answer was cut off
+        (max_tokens), so its last call may be incomplete (`parse_answer`)."""
         held, self.held = self.held, ""
         if self.streaming:
-            return ParsedAnswer(held or None, [])
-        parsed = parse_answer(held, self.names)
+            return ParsedAnswer((_without_cut_tag(held) if cut else held) or None, [])
+        parsed = parse_answer(held, self.names, cut=cut)
         if not parsed.calls:
-            return ParsedAnswer(held or None, [])
+            return ParsedAnswer(parsed.content or None, [])
         content = parsed.content
         if content and self.content_sent:
             content = "\n" + content
-        return ParsedAnswer(content, parsed.calls)
+        return ParsedAnswer(content, parsed.calls, parsed.partial)
 
     def _sent(self, out: str) -> str:
         self.content_sent = self.content_sent or bool(out)

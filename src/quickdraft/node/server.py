@@ -3,7 +3,11 @@
 One thread per connection reads a request from its socket, lets the `NodeService` answer it, and writes the
 reply (quickdraft.node.wire: no hand-off between threads). A background thread expires idle sessions. Binds to
 127.0.0.1 unless told otherwise; off loopback it refuses to start without a node key, which every connection
-must then prove (quickdraft.node.auth).
+must then prove (quickdraft.node.auth) within AUTH_SECONDS. At most MAX_CONNECTIONS at once.
+
+A browser lets any web page open a WebSocket to 127.0.0.1 (CORS does not apply to WebSockets), so the
+handshake is refused (403) when it carries an Origin (nodes serve no web page) or, on loopback, a Host that is
+not a loopback name (DNS rebinding): quickdraft.server.guard's rule, as the HTTP server applies it.
 """
 
 from __future__ import annotations
@@ -12,24 +16,32 @@ import logging
 import signal
 import sys
 import threading
+import time
 from typing import Sequence
 
 from quickdraft.node import protocol as p
 from quickdraft.node import wire
 from quickdraft.node.auth import NodeGate, check_exposure, env_key
 from quickdraft.node.service import DEFAULT_SESSION_TTL, NodeService
+from quickdraft.server.guard import RequestRules
 
 log = logging.getLogger("quickdraft.node")
 
 DEFAULT_PORTS = {"target": 8471, "draft": 8472}
 MAX_REQUEST_BYTES = 16 << 20
+MAX_CONNECTIONS = 64  # coordinators hold one each (plus readiness probes and `cluster status`, briefly)
+AUTH_SECONDS = 10.0  # a node with a key: the time a new connection has to prove it
 
 
 class NodeServer:
-    def __init__(self, service: NodeService, host: str = "127.0.0.1", port: int = 0, *, key: str | None = None):
+    def __init__(self, service: NodeService, host: str = "127.0.0.1", port: int = 0, *, key: str | None = None,
+                 max_connections: int = MAX_CONNECTIONS, auth_seconds: float = AUTH_SECONDS):
         self.service = service
         self.key = key or None
-        self._server = wire.Server(self._connection, host, port, max_size=MAX_REQUEST_BYTES)
+        self.auth_seconds = auth_seconds
+        self.rules = RequestRules.for_node(host)
+        self._server = wire.Server(self._connection, host, port, max_size=MAX_REQUEST_BYTES,
+                                   max_connections=max_connections, check=self._check_handshake)
         self.host = host
         self.port = self._server.socket.getsockname()[1]
         self._stop = threading.Event()
@@ -39,11 +51,30 @@ class NodeServer:
     def url(self) -> str:
         return f"node://{self.host}:{self.port}"
 
+    def _check_handshake(self, request) -> tuple[int, str] | None:
+        """The WebSocket upgrade request: refused (status, why) if a browser page sent it."""
+        try:
+            refusal = self.rules.check("GET", request.headers)
+        except LookupError:  # websockets' Headers: a header sent twice (MultipleValuesError)
+            return 400, "a header is repeated"
+        if refusal is None:
+            return None
+        log.warning("refused a WebSocket handshake (%s): %s", refusal.code, refusal.message)
+        return refusal.status, refusal.message
+
     def _connection(self, ws: wire.WebSocket) -> None:
-        """Serve one client until it goes away (or fails to prove the node key)."""
+        """Serve one client until it goes away (or fails to prove the node key in time)."""
         gate = NodeGate(self.key, _peer(ws))
+        deadline = time.monotonic() + self.auth_seconds
         while True:
-            message = ws.recv()  # ConnectionError when the client leaves: the wire server ends the thread
+            # ConnectionError when the client leaves, TimeoutError when it has not proven the key in time: the
+            # wire server ends the thread and closes the connection
+            try:
+                message = ws.recv(timeout=None if gate.open else max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                log.warning("closed the connection from %s: no node key proven within %g s", gate.peer,
+                            self.auth_seconds)
+                raise
             try:
                 request = p.unpack(message)
             except Exception as e:

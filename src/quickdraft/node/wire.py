@@ -10,6 +10,7 @@ itself. A standard WebSocket either way: any WebSocket client can talk to a node
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -22,6 +23,8 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 READ_BYTES = 1 << 16
+
+log = logging.getLogger("quickdraft.node")
 
 
 class WebSocket:
@@ -139,28 +142,36 @@ def connect(host: str, port: int, *, timeout: float, max_size: int) -> WebSocket
         raise
 
 
-def accept(sock: socket.socket, *, max_size: int, timeout: float = 10.0) -> WebSocket:
-    """Answer a client's WebSocket handshake on an accepted socket."""
+def accept(sock: socket.socket, *, max_size: int, timeout: float = 10.0,
+           check: Callable[[Request], tuple[int, str] | None] | None = None) -> WebSocket:
+    """Answer a client's WebSocket handshake on an accepted socket. check(request): None, or the (status, text)
+    to refuse it with."""
     _set_options(sock)
     protocol = ServerProtocol(max_size=max_size)
     request, rest = _handshake(sock, protocol, time.monotonic() + timeout)
     if not isinstance(request, Request):
         raise ConnectionError("expected a WebSocket handshake request")
-    response = protocol.accept(request)
+    refusal = check(request) if check is not None else None
+    response = protocol.accept(request) if refusal is None else protocol.reject(*refusal)
     protocol.send_response(response)
     for chunk in protocol.data_to_send():
         if chunk:
             sock.sendall(chunk)
     if protocol.handshake_exc is not None:
         raise ConnectionError(f"bad WebSocket handshake: {protocol.handshake_exc}")
+    if refusal is not None:
+        raise ConnectionError(f"WebSocket handshake refused: {refusal[1]}")
     return WebSocket(sock, protocol, rest)
 
 
 class Server:
-    """Accept connections on host:port; each one gets a thread running handler(websocket)."""
+    """Accept connections on host:port; each one gets a thread running handler(websocket). Past
+    `max_connections` at once, a new connection is closed at once; `check`: as accept's."""
 
-    def __init__(self, handler: Callable[[WebSocket], None], host: str, port: int, *, max_size: int):
+    def __init__(self, handler: Callable[[WebSocket], None], host: str, port: int, *, max_size: int,
+                 max_connections: int | None = None, check: Callable[[Request], tuple[int, str] | None] | None = None):
         self.handler, self.max_size = handler, max_size
+        self.max_connections, self.check = max_connections, check
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.create_server((host, port), family=family, backlog=64)
         self._closed = threading.Event()
@@ -176,12 +187,19 @@ class Server:
                     return
                 raise
             with self._lock:
-                self._connections.add(conn)
+                full = self.max_connections is not None and len(self._connections) >= self.max_connections
+                if not full:
+                    self._connections.add(conn)
+            if full:
+                log.warning("refused a connection: %d are open already, the most this node serves at once",
+                            self.max_connections)
+                conn.close()
+                continue
             threading.Thread(target=self._serve, args=(conn,), name="node-connection", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            ws = accept(conn, max_size=self.max_size)
+            ws = accept(conn, max_size=self.max_size, check=self.check)
             self.handler(ws)
         except (ConnectionError, TimeoutError, OSError):
             pass

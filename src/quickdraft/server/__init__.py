@@ -2,6 +2,7 @@
 
 One file per concept:
     app.py         the routes and the HTTP checks (API key, body size, model name)
+    guard.py       what a web page may not send (foreign Origin or Host, a body that is not JSON)
     schemas.py     the request bodies (strict types, unknown fields ignored)
     prepare.py     a request -> engine streams (prompt, limits, sampling); every 400 comes from here
     scheduler.py   the queue in front of the engine and the worker thread that runs it

@@ -2,7 +2,8 @@
 
     app = create_app(engine, config)      # then: uvicorn.run(app, host=..., port=...)
 
-A request's path: the API key is checked (when one is set), the body is read (at most max_body_bytes) and
+A request's path: what a browser page may not send is refused (guard.py: a foreign Origin or Host, a body
+that is not JSON), the API key is checked (when one is set), the body is read (at most max_body_bytes) and
 parsed (schemas.py), `prepare.py` turns it into engine streams off the event loop (every 400 comes from
 there), the scheduler queues it (429 when full) and its worker runs it, and `formatting.py` turns the
 engine's steps into OpenAI's JSON, whole or as server-sent events.
@@ -34,14 +35,17 @@ from quickdraft.engine import Engine
 from quickdraft.llama_model import system_info
 from quickdraft.server.errors import APIError, generation_error, server_error, status_error
 from quickdraft.server.formatting import ChatFormatter, Choice, CompletionFormatter, Formatter, TokenText
+from quickdraft.server.guard import RequestGuard
+from quickdraft.server.llama_routes import llama_server_router
 from quickdraft.server.metrics import ServerMetrics
-from quickdraft.server.prepare import PreparedRequest, prepare_chat, prepare_completion
+from quickdraft.server.prepare import PreparedRequest, choices_per_prompt, prepare_chat, prepare_completion
 from quickdraft.server.scheduler import Job, QueueFull, Scheduler, ShuttingDown
 from quickdraft.server.schemas import ChatCompletionRequest, CompletionRequest, parse_body
 
 log = logging.getLogger("quickdraft.server")
 
-GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions", "/chat/completions", "/completions")
+GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions", "/chat/completions", "/completions", "/completion",
+                     "/infill")
 
 
 def create_app(engine: Engine, config: Config, status_extra: Callable[[], dict] = dict) -> FastAPI:
@@ -61,6 +65,8 @@ def create_app(engine: Engine, config: Config, status_extra: Callable[[], dict] 
     app = FastAPI(title="quickdraft", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestGuard, server=config.server)  # browsers: Origin, Host, Content-Type (guard.py)
+    app.state.scheduler = scheduler  # serve's host waits for its worker before freeing the engine (startup.py)
 
     # ---- errors: always OpenAI's shape -----------------------------------------------------------------
     @app.exception_handler(APIError)
@@ -111,6 +117,13 @@ def create_app(engine: Engine, config: Config, status_extra: Callable[[], dict] 
         if name and name != model_id and config.server.strict_model_name:
             raise APIError(404, f"the model {name!r} does not exist; this server serves {model_id!r}",
                            param="model", code="model_not_found")
+
+    def check_room(n_streams: int) -> None:
+        """A busy server refuses before preparing (tokenizing every prompt, compiling grammars)."""
+        try:
+            scheduler.check_room(n_streams)
+        except (QueueFull, ShuttingDown) as e:
+            raise refusal(e) from None
 
     # ---- running a request -------------------------------------------------------------------------------
     async def generate(request: Request, prepared: PreparedRequest, formatter: Formatter) -> Response:
@@ -174,20 +187,23 @@ def create_app(engine: Engine, config: Config, status_extra: Callable[[], dict] 
     async def chat_completions(request: Request):
         req = parse_body(ChatCompletionRequest, await read_body(request))
         check_model(req.model)
+        check_room(streams_asked(config, req))
         prepared = await asyncio.to_thread(prepare_chat, engine, config, req)
         formatter = ChatFormatter(model_id, token_text, logprobs=prepared.top_logprobs is not None,
                                   include_usage=prepared.include_usage, echo=prepared.echo,
-                                  fingerprint=fingerprint, tool_names=prepared.tool_names)
+                                  fingerprint=fingerprint, tool_names=prepared.tool_names,
+                                  choices_per_prompt=prepared.n)
         return await generate(request, prepared, formatter)
 
     @v1.post("/completions")
     async def completions(request: Request):
         req = parse_body(CompletionRequest, await read_body(request))
         check_model(req.model)
+        check_room(streams_asked(config, req))
         prepared = await asyncio.to_thread(prepare_completion, engine, config, req)
         formatter = CompletionFormatter(model_id, token_text, logprobs=prepared.top_logprobs is not None,
                                         include_usage=prepared.include_usage, echo=prepared.echo,
-                                        fingerprint=fingerprint)
+                                        fingerprint=fingerprint, choices_per_prompt=prepared.n)
         return await generate(request, prepared, formatter)
 
     def model_card() -> dict:
@@ -222,6 +238,8 @@ def create_app(engine: Engine, config: Config, status_extra: Callable[[], dict] 
     unversioned.add_api_route("/completions", completions, methods=["POST"])
     unversioned.add_api_route("/models", list_models, methods=["GET"])
     app.include_router(unversioned)
+    app.include_router(llama_server_router(engine, config, scheduler, model_id=model_id, read_body=read_body),
+                       dependencies=[Depends(require_api_key)])  # llama-server's own routes (llama_routes.py)
 
     @app.get("/health")
     async def health():
@@ -239,6 +257,14 @@ def refusal(e: QueueFull | ShuttingDown) -> APIError:
     if isinstance(e, QueueFull):
         return APIError(429, str(e), type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
     return APIError(503, str(e), type="server_error", code="shutting_down")
+
+
+def streams_asked(config: Config, req: ChatCompletionRequest | CompletionRequest) -> int:
+    """The generations a request asks for (prompts x n), each a place in the queue; more than
+    server.limits.max_choices is a 400 (before the queue is asked: a 429 would invite a retry)."""
+    prompt = getattr(req, "prompt", None)
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+    return prompts * choices_per_prompt(config, req, prompts)
 
 
 def system_fingerprint(engine: Engine, config: Config) -> str:

@@ -4,6 +4,9 @@ stream chunks.
 A formatter is made per request. Streaming: `opening_chunks()` once, `chunks(index, step)` for each engine
 step, `usage_chunk()` at the end when the client asked for usage. Whole: `Choice.add(step)` collects the
 steps of each choice and `response(choices)` builds the body.
+
+Several choices (n, or a list of prompts) are numbered prompt-major: index = prompt_i * n + j. Usage counts
+each prompt once, as OpenAI does (the choices of a prompt share it), and the completion tokens of every choice.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 
 from quickdraft.generate import GenerationResponse
 from quickdraft.target import TokenLogprob
-from quickdraft.tool_calls import ToolCallStream, parse_answer
+from quickdraft.tool_calls import ParsedAnswer, ToolCallStream, parse_answer
 
 
 class TokenText:
@@ -73,8 +76,10 @@ class Formatter:
     chunk_object = ""  # the `object` of stream chunks
 
     def __init__(self, model: str, tokens: TokenText, *, logprobs: bool, include_usage: bool, echo: list[str],
-                 fingerprint: str | None = None):
+                 fingerprint: str | None = None, choices_per_prompt: int = 1):
+        """echo: one text per choice (see CompletionFormatter); choices_per_prompt: the request's n."""
         self.id = self.id_prefix + secrets.token_hex(12)
+        self.n = choices_per_prompt
         self.fingerprint = fingerprint  # system_fingerprint: the setup that produced the answer
         self.created = int(time.time())
         self.model = model
@@ -97,10 +102,15 @@ class Formatter:
             chunk["usage"] = None
         return chunk
 
-    def _count(self, step: GenerationResponse) -> None:
+    def _count(self, index: int, step: GenerationResponse) -> None:
         if step.finish_reason is not None:
-            self._prompt_tokens += step.stats.prompt_tokens
+            if index % self.n == 0:  # the first choice of its prompt
+                self._prompt_tokens += step.stats.prompt_tokens
             self._completion_tokens += step.stats.completion_tokens
+
+    def _usage(self, choices: list[Choice]) -> dict:
+        """A whole answer's usage: each prompt once, every choice's completion."""
+        return usage(sum(c.prompt_tokens for c in choices[::self.n]), sum(c.completion_tokens for c in choices))
 
     def usage_chunk(self) -> dict:
         chunk = self._envelope(self.chunk_object, [])
@@ -140,11 +150,11 @@ class ChatFormatter(Formatter):
         )
 
     def opening_chunks(self) -> list[dict]:
-        """The first chunk carries the role (OpenAI's clients rely on it)."""
-        return [self._chunk(0, {"role": "assistant", "content": ""}, None, None)]
+        """Each choice's first chunk carries the role (OpenAI's clients rely on it)."""
+        return [self._chunk(i, {"role": "assistant", "content": ""}, None, None) for i in range(len(self.echo))]
 
     def chunks(self, index: int, step: GenerationResponse) -> list[dict]:
-        self._count(step)
+        self._count(index, step)
         if self.tool_names is not None:
             return self._tool_chunks(index, step)
         out = []
@@ -156,7 +166,8 @@ class ChatFormatter(Formatter):
 
     def _tool_chunks(self, index: int, step: GenerationResponse) -> list[dict]:
         """Content while the answer cannot be a call; at the end, the calls as OpenAI streams them: per call,
-        one delta with its index, id, type and name, then its arguments."""
+        one delta with its index, id, type and name, then its arguments. A call cut off by max_tokens comes as
+        far as it was written, with finish_reason "length" (`call_finish_reason`)."""
         stream = self._tool_streams.setdefault(index, ToolCallStream(self.tool_names))
         held = self._held_logprobs.setdefault(index, [])
         held.extend(step.logprobs or [])
@@ -167,7 +178,7 @@ class ChatFormatter(Formatter):
             held.clear()
         if step.finish_reason is None:
             return out
-        parsed = stream.finish()
+        parsed = stream.finish(cut=step.finish_reason == "length")
         if parsed.content:
             out.append(self._chunk(index, {"content": parsed.content}, self._logprobs(held), None))
         for i, call in enumerate(parsed.calls):
@@ -175,7 +186,7 @@ class ChatFormatter(Formatter):
             out.append(self._chunk(index, {"tool_calls": [head]}, None, None))
             out.append(self._chunk(index, {"tool_calls": [{"index": i, "function": {"arguments": call.arguments}}]},
                                    None, None))
-        out.append(self._chunk(index, {}, None, "tool_calls" if parsed.calls else step.finish_reason))
+        out.append(self._chunk(index, {}, None, call_finish_reason(parsed, step.finish_reason)))
         return out
 
     def _message(self, choice: Choice) -> tuple[dict, str | None]:
@@ -184,12 +195,12 @@ class ChatFormatter(Formatter):
         message = {"role": "assistant", "content": choice.text, "refusal": None, "annotations": []}
         if self.tool_names is None:
             return message, choice.finish_reason
-        parsed = parse_answer(choice.text, self.tool_names)
+        parsed = parse_answer(choice.text, self.tool_names, cut=choice.finish_reason == "length")
+        message["content"] = parsed.content  # without the calls (and a <tool_call> tag the answer was cut in)
         if not parsed.calls:
             return message, choice.finish_reason
-        message["content"] = parsed.content
         message["tool_calls"] = [call.as_openai() for call in parsed.calls]
-        return message, "tool_calls"
+        return message, call_finish_reason(parsed, choice.finish_reason)
 
     def response(self, choices: list[Choice]) -> dict:
         answers = [self._message(c) for c in choices]
@@ -202,8 +213,16 @@ class ChatFormatter(Formatter):
             }
             for i, (c, (message, finish_reason)) in enumerate(zip(choices, answers))
         ])
-        body["usage"] = usage(sum(c.prompt_tokens for c in choices), sum(c.completion_tokens for c in choices))
+        body["usage"] = self._usage(choices)
         return body
+
+
+def call_finish_reason(parsed: ParsedAnswer, engine_reason: str | None) -> str | None:
+    """An answer with calls finishes with "tool_calls", unless max_tokens cut its last call ("length", as
+    OpenAI says of a cut call)."""
+    if not parsed.calls:
+        return engine_reason
+    return "length" if parsed.partial else "tool_calls"
 
 
 class CompletionFormatter(Formatter):
@@ -238,7 +257,7 @@ class CompletionFormatter(Formatter):
         ]
 
     def chunks(self, index: int, step: GenerationResponse) -> list[dict]:
-        self._count(step)
+        self._count(index, step)
         if not step.text and step.finish_reason is None and not (self.logprobs and self.tokens.visible(step.logprobs)):
             return []
         logprobs = self._logprobs(index, step.logprobs)
@@ -249,5 +268,5 @@ class CompletionFormatter(Formatter):
             self._choice(i, self.echo[i] + c.text, self._logprobs(i, c.logprobs), c.finish_reason)
             for i, c in enumerate(choices)
         ])
-        body["usage"] = usage(sum(c.prompt_tokens for c in choices), sum(c.completion_tokens for c in choices))
+        body["usage"] = self._usage(choices)
         return body

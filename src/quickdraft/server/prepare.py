@@ -1,6 +1,11 @@
 """From a parsed request to what the engine will run: prompt tokens, token limit, sampling, one engine
 stream per choice. Every problem with the request surfaces here, as a 400, before anything is queued.
 
+Choices: n per prompt (completions take a list of prompts), ordered as OpenAI orders them, prompt-major:
+choice index = prompt_i * n + j. Choice j of a prompt samples with its own seed (`choice_seed`); greedy
+choices are all the same answer. A request may ask for at most server.limits.max_choices choices in all,
+checked before any prompt is tokenized.
+
 This runs off the event loop (rendering a chat template and tokenizing a long prompt take a while) and
 while the engine worker may be decoding: it only uses the tokenizer, which llama.cpp allows concurrently
 with decoding (llama.cpp's own server tokenizes in its HTTP threads too).
@@ -8,6 +13,7 @@ with decoding (llama.cpp's own server tokenizes in its HTTP threads too).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -34,6 +40,7 @@ class PreparedRequest:
     stream: bool
     include_usage: bool
     tool_names: frozenset[str] | None = None  # the tools offered: answers are parsed for calls to them
+    n: int = 1  # choices per prompt: streams[i * n + j] is choice j of prompt i
 
 
 @dataclass
@@ -48,6 +55,7 @@ class ToolUse:
 
 def prepare_chat(engine: Engine, config: Config, req: ChatCompletionRequest) -> PreparedRequest:
     check_supported(req)
+    n = choices_per_prompt(config, req, n_prompts=1)
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
     tools = tool_use(req)
@@ -61,9 +69,9 @@ def prepare_chat(engine: Engine, config: Config, req: ChatCompletionRequest) -> 
     top = (req.top_logprobs or 0) if req.logprobs else None
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     grammar, grammar_param = (tools.grammar, "tools") if tools.grammar else response_grammar(req)
-    stream = open_stream(engine, config, req, prompt, max_tokens, top,
-                         grammar=grammar, grammar_param=grammar_param)
-    return PreparedRequest([stream], [""], top, bool(req.stream), req.include_usage, tools.names)
+    streams = [open_stream(engine, config, req, prompt, max_tokens, top, choice=j,
+                           grammar=grammar, grammar_param=grammar_param) for j in range(n)]
+    return PreparedRequest(streams, [""] * n, top, bool(req.stream), req.include_usage, tools.names, n=n)
 
 
 def tool_use(req: ChatCompletionRequest) -> ToolUse:
@@ -103,6 +111,7 @@ def prepare_completion(engine: Engine, config: Config, req: CompletionRequest) -
                           param="echo")
     grammar, grammar_param = response_grammar(req)
     prompts = split_prompts(req.prompt)
+    n = choices_per_prompt(config, req, n_prompts=len(prompts))
     streams, echo = [], []
     for i, prompt in enumerate(prompts):
         param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
@@ -110,13 +119,13 @@ def prepare_completion(engine: Engine, config: Config, req: CompletionRequest) -
             tokens = engine.tokenize(prompt)
         except InvalidRequestError as e:
             raise from_engine_error(e, param) from None
-        streams.append(open_stream(engine, config, req, tokens, req.max_tokens, req.logprobs,
-                                   grammar=grammar, grammar_param=grammar_param))
+        streams += [open_stream(engine, config, req, tokens, req.max_tokens, req.logprobs, choice=j,
+                                grammar=grammar, grammar_param=grammar_param) for j in range(n)]
         if req.echo:
-            echo.append(prompt if isinstance(prompt, str) else engine.tokenizer.detokenize(prompt))
+            echo += [prompt if isinstance(prompt, str) else engine.tokenizer.detokenize(prompt)] * n
         else:
-            echo.append("")
-    return PreparedRequest(streams, echo, req.logprobs, bool(req.stream), req.include_usage)
+            echo += [""] * n
+    return PreparedRequest(streams, echo, req.logprobs, bool(req.stream), req.include_usage, n=n)
 
 
 def split_prompts(prompt) -> list[str | list[int]]:
@@ -130,10 +139,34 @@ def split_prompts(prompt) -> list[str | list[int]]:
     return list(prompt)
 
 
+def choices_per_prompt(config: Config, req: GenerationFields, n_prompts: int) -> int:
+    """The request's n (default 1), refused when prompts x n exceeds server.limits.max_choices: every choice
+    is a generation the queue runs, and each is tokenized and given a compiled grammar before it queues."""
+    n = req.n or 1
+    limit = config.server.limits.max_choices
+    if n_prompts * n > limit:
+        asked = f"{n_prompts} prompts x n = {n}" if n_prompts > 1 else f"n = {n}"
+        raise bad_request(f"this request asks for {n_prompts * n} choices ({asked}); this server generates at "
+                          f"most {limit} per request (server.limits.max_choices)",
+                          param="n" if n > 1 else "prompt")
+    return n
+
+
+def choice_seed(seed: int | None, choice: int) -> int | None:
+    """The seed choice j (counted within its prompt) samples with. None without a request seed: the engine
+    then draws a seed per stream, as for a single choice. Choice 0 takes the request's seed (a 64-bit
+    two's complement, OpenAI's seeds being signed), so it is the answer n = 1 gives; choice j > 0 takes the
+    first 8 bytes, big-endian, of SHA-256("<that seed>:<j>"), so choices differ and each is reproducible."""
+    if seed is None:
+        return None
+    seed &= SEED_MASK
+    if choice == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{choice}".encode()).digest()[:8], "big")
+
+
 def check_supported(req: GenerationFields) -> None:
     """Reject what this server cannot honour, rather than silently answer something else."""
-    if req.n not in (None, 1):
-        raise bad_request("n must be 1: this server generates one choice per prompt", param="n")
     for name in ("frequency_penalty", "presence_penalty"):
         if getattr(req, name):
             raise bad_request(f"{name} is not supported (it would change the model's distribution)", param=name)
@@ -152,9 +185,11 @@ def open_stream(
     top_logprobs: int | None,
     grammar: GrammarSpec | None = None,
     grammar_param: str | None = None,
+    choice: int = 0,
 ) -> Iterator[GenerationResponse]:
-    """The engine stream for one prompt. max_tokens: the request's, else the configured default; capped by
-    the configured limit and by the room the prompt leaves in the context."""
+    """The engine stream for one choice of a prompt (choice: its number within the prompt, which picks its
+    seed). max_tokens: the request's, else the configured default; capped by the configured limit and by the
+    room the prompt leaves in the context."""
     defaults = config.sampling
     room = engine.target.n_ctx - len(prompt)
     limit = min(max_tokens or defaults.max_tokens, config.server.limits.max_tokens, room)
@@ -172,7 +207,7 @@ def open_stream(
             top_p=pick(req.top_p, defaults.top_p),
             top_k=pick(req.top_k, defaults.top_k),
             min_p=pick(req.min_p, defaults.min_p),
-            seed=None if req.seed is None else req.seed & SEED_MASK,
+            seed=choice_seed(req.seed, choice),
             grammar=grammar,
         )
     except GrammarError as e:  # a schema, grammar or regex that does not compile

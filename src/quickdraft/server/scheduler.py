@@ -13,8 +13,17 @@ talks back through one flag: `cancel`. A client that disconnects cancels its job
 the current round, closes the generator (which releases the engine) and starts the next job. A job
 cancelled while it waits leaves the queue at once.
 
-Back-pressure: at most `queue_size` jobs wait behind the running one; `submit` refuses more (QueueFull,
-which the server answers with HTTP 429).
+Back-pressure counts generations (streams), not requests: a request with several prompts or choices is that
+many generations of work and holds that many prepared prompts. At most `queue_size` generations wait behind
+the running job (its streams count until it ends); `submit` refuses more (QueueFull, which the server answers
+with HTTP 429). An idle scheduler takes any job, so a request with more choices than the queue holds still
+runs when nothing else does. `check_room` answers the same question before a request is prepared, so a busy
+server refuses a big request before tokenizing its prompts and compiling its grammars.
+
+Lifetime: `close` cancels the running job and refuses the waiting ones; the worker leaves the engine at the
+end of its current round, which can take seconds (the prefill of a long prompt is one llama.cpp call).
+`wait_closed` waits for that: whoever frees the engine's models must call it first and must not free them
+if it says the worker is still inside (freeing memory llama.cpp is using crashes the process).
 """
 
 from __future__ import annotations
@@ -109,23 +118,46 @@ class Scheduler:
     def running(self) -> int:
         return 0 if self._running is None else 1
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check_room(self, n_streams: int) -> None:
+        """Raise QueueFull (or ShuttingDown) if a job of n_streams generations would be refused now: called
+        before a request is prepared, so a busy server does not tokenize prompts it cannot queue."""
+        with self._cond:
+            refusal = self._refusal(n_streams)
+        if refusal is not None:
+            raise refusal
+
     def submit(self, job: Job) -> None:
         """Queue a job, or refuse it (QueueFull, ShuttingDown) and close its streams."""
         with self._cond:
-            if self._closed:
-                refusal: Exception | None = ShuttingDown("the server is shutting down")
-            elif len(self._waiting) >= self.queue_size + (1 if self._running is None else 0):
-                refusal = QueueFull(
-                    f"the server is busy: {self.running} request running and {len(self._waiting)} waiting "
-                    f"(queue_size {self.queue_size}); retry shortly"
-                )
-            else:
-                refusal = None
+            refusal = self._refusal(len(job.streams))
+            if refusal is None:
                 self._waiting.append(job)
                 self._cond.notify()
         if refusal is not None:
             job._close_streams()
             raise refusal
+
+    def _refusal(self, n_streams: int) -> Exception | None:
+        """Why a job of n_streams generations cannot be queued now, or None (called under the lock)."""
+        if self._closed:
+            return ShuttingDown("the server is shutting down")
+        queued = self._queued_streams()
+        if queued and queued + n_streams > self.queue_size + 1:
+            asks = f"; this request asks for {n_streams}" if n_streams > 1 else ""
+            return QueueFull(
+                f"the server is busy: {queued} generation(s) running or waiting, room for {self.queue_size} "
+                f"waiting behind the running one (queue_size){asks}; retry shortly"
+            )
+        return None
+
+    def _queued_streams(self) -> int:
+        """Generations held by the running job and the waiting ones (called under the lock)."""
+        running = len(self._running.streams) if self._running is not None else 0
+        return running + sum(len(job.streams) for job in self._waiting)
 
     def cancel(self, job: Job) -> None:
         """Stop a job: out of the queue if it waits, at the end of the current round if it runs."""
@@ -139,7 +171,8 @@ class Scheduler:
         job._emit(_END)
 
     def close(self) -> None:
-        """Cancel everything and let the worker finish."""
+        """Cancel everything: the running job stops after its current round, the waiting ones end with
+        ShuttingDown. Returns at once; `wait_closed` waits for the worker to leave the engine."""
         with self._cond:
             self._closed = True
             waiting, self._waiting = list(self._waiting), deque()
@@ -150,6 +183,15 @@ class Scheduler:
             job._cancelled.set()
             job._close_streams()
             job._emit(ShuttingDown("the server is shutting down"))
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """After `close`: wait until the worker has returned (no generation left inside the engine, every
+        stream closed). False if it is still running after `timeout` seconds: the engine is then in use and
+        its models must not be freed."""
+        if not self._closed:
+            raise RuntimeError("wait_closed() before close(): the worker would wait for jobs forever")
+        self._worker.join(timeout)
+        return not self._worker.is_alive()
 
     # ---- the worker's side -----------------------------------------------------------------------------
     def _work(self) -> None:

@@ -2,7 +2,7 @@
 
 Types are strict (a string where a number belongs is a 400, not coerced); fields this server does not know
 are ignored, as OpenAI-compatible clients send many (user, metadata, tools, ...). Every field may be null,
-which means "not given". Fields the server knows but cannot honour (n > 1, penalties, ...) are rejected
+which means "not given". Fields the server knows but cannot honour (penalties, logit_bias, ...) are rejected
 with a clear message by the endpoint, not here.
 """
 
@@ -72,7 +72,7 @@ class GenerationFields(_Body):
     stop: str | list[str] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    n: int | None = None
+    n: int | None = Field(None, ge=1)  # choices per prompt (server.limits.max_choices caps prompts x n)
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
