@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
+from typing import Callable
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -33,13 +33,14 @@ from quickdraft import __version__
 from quickdraft.config import Config
 from quickdraft.engine import Engine
 from quickdraft.llama_model import system_info
-from quickdraft.server.errors import APIError, generation_error, server_error, status_error
+from quickdraft.server.errors import APIError, server_error, status_error
 from quickdraft.server.formatting import ChatFormatter, Choice, CompletionFormatter, Formatter, TokenText
 from quickdraft.server.guard import RequestGuard
 from quickdraft.server.llama_routes import llama_server_router
 from quickdraft.server.metrics import ServerMetrics
 from quickdraft.server.prepare import PreparedRequest, choices_per_prompt, prepare_chat, prepare_completion
-from quickdraft.server.scheduler import Job, QueueFull, Scheduler, ShuttingDown
+from quickdraft.server.jobs import JobRunner
+from quickdraft.server.scheduler import Scheduler
 from quickdraft.server.schemas import ChatCompletionRequest, CompletionRequest, parse_body
 
 log = logging.getLogger("quickdraft.server")
@@ -54,6 +55,7 @@ def create_app(engine: Engine, config: Config, status_extra: Callable[[], dict] 
     limits = config.server.limits
     metrics = ServerMetrics(queue_waiting=lambda: scheduler.waiting, queue_running=lambda: scheduler.running)
     scheduler = Scheduler(limits.queue_size, on_generation_end=metrics.record_generation)
+    jobs = JobRunner(scheduler)
     token_text = TokenText(engine.tokenizer)
     fingerprint = system_fingerprint(engine, config)
 
@@ -118,67 +120,20 @@ def create_app(engine: Engine, config: Config, status_extra: Callable[[], dict] 
             raise APIError(404, f"the model {name!r} does not exist; this server serves {model_id!r}",
                            param="model", code="model_not_found")
 
-    def check_room(n_streams: int) -> None:
-        """A busy server refuses before preparing (tokenizing every prompt, compiling grammars)."""
-        try:
-            scheduler.check_room(n_streams)
-        except (QueueFull, ShuttingDown) as e:
-            raise refusal(e) from None
-
-    # ---- running a request -------------------------------------------------------------------------------
+    # ---- running a request (jobs.py: the queue, disconnects, server-sent events) ---------------------------
     async def generate(request: Request, prepared: PreparedRequest, formatter: Formatter) -> Response:
-        job = Job(prepared.streams, asyncio.get_running_loop())
-        try:
-            scheduler.submit(job)
-        except (QueueFull, ShuttingDown) as e:
-            raise refusal(e) from None
+        job = jobs.submit(prepared.streams)
         if prepared.stream:
+            closing = (lambda: [formatter.usage_chunk()]) if prepared.include_usage else tuple
             return StreamingResponse(
-                server_sent_events(job, formatter, prepared.include_usage),
+                jobs.sse(job, formatter.chunks, opening=formatter.opening_chunks(), closing=closing, done="[DONE]"),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        choices = await collect(request, job, len(prepared.streams))
-        if choices is None:  # the client left; nobody reads this
-            return Response(status_code=499)
+        choices = [Choice() for _ in prepared.streams]
+        if not await jobs.collect(request, job, lambda index, step: choices[index].add(step)):
+            return Response(status_code=499)  # the client left; nobody reads this
         return JSONResponse(formatter.response(choices))
-
-    async def collect(request: Request, job: Job, n: int) -> list[Choice] | None:
-        choices = [Choice() for _ in range(n)]
-        watcher = asyncio.create_task(cancel_on_disconnect(request, job))
-        try:
-            async for index, step in job.events():
-                choices[index].add(step)
-        except ShuttingDown as e:
-            raise refusal(e) from None
-        except Exception as e:
-            raise generation_error(e) from None
-        finally:
-            watcher.cancel()
-        return None if job.cancelled else choices
-
-    async def cancel_on_disconnect(request: Request, job: Job) -> None:
-        """The body has been read, so the next message uvicorn delivers is the client's disconnect."""
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                scheduler.cancel(job)
-                return
-
-    async def server_sent_events(job: Job, formatter: Formatter, include_usage: bool) -> AsyncIterator[str]:
-        try:
-            for chunk in formatter.opening_chunks():
-                yield sse(chunk)
-            async for index, step in job.events():
-                for chunk in formatter.chunks(index, step):
-                    yield sse(chunk)
-            if include_usage:
-                yield sse(formatter.usage_chunk())
-        except Exception as e:  # the engine failed after the 200 went out: say so in the stream
-            yield sse(generation_error(e).body())
-        finally:
-            scheduler.cancel(job)  # the client went away mid-stream: free the engine (a no-op when done)
-        yield "data: [DONE]\n\n"
 
     # ---- routes ----------------------------------------------------------------------------------------
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -187,7 +142,7 @@ def create_app(engine: Engine, config: Config, status_extra: Callable[[], dict] 
     async def chat_completions(request: Request):
         req = parse_body(ChatCompletionRequest, await read_body(request))
         check_model(req.model)
-        check_room(streams_asked(config, req))
+        jobs.check_room(streams_asked(config, req))
         prepared = await asyncio.to_thread(prepare_chat, engine, config, req)
         formatter = ChatFormatter(model_id, token_text, logprobs=prepared.top_logprobs is not None,
                                   include_usage=prepared.include_usage, echo=prepared.echo,
@@ -199,7 +154,7 @@ def create_app(engine: Engine, config: Config, status_extra: Callable[[], dict] 
     async def completions(request: Request):
         req = parse_body(CompletionRequest, await read_body(request))
         check_model(req.model)
-        check_room(streams_asked(config, req))
+        jobs.check_room(streams_asked(config, req))
         prepared = await asyncio.to_thread(prepare_completion, engine, config, req)
         formatter = CompletionFormatter(model_id, token_text, logprobs=prepared.top_logprobs is not None,
                                         include_usage=prepared.include_usage, echo=prepared.echo,
@@ -238,7 +193,7 @@ def create_app(engine: Engine, config: Config, status_extra: Callable[[], dict] 
     unversioned.add_api_route("/completions", completions, methods=["POST"])
     unversioned.add_api_route("/models", list_models, methods=["GET"])
     app.include_router(unversioned)
-    app.include_router(llama_server_router(engine, config, scheduler, model_id=model_id, read_body=read_body),
+    app.include_router(llama_server_router(engine, config, jobs, model_id=model_id, read_body=read_body),
                        dependencies=[Depends(require_api_key)])  # llama-server's own routes (llama_routes.py)
 
     @app.get("/health")
@@ -250,13 +205,6 @@ def create_app(engine: Engine, config: Config, status_extra: Callable[[], dict] 
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-def refusal(e: QueueFull | ShuttingDown) -> APIError:
-    """The scheduler's refusals: busy (429, retry shortly) or stopping (503)."""
-    if isinstance(e, QueueFull):
-        return APIError(429, str(e), type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
-    return APIError(503, str(e), type="server_error", code="shutting_down")
 
 
 def streams_asked(config: Config, req: ChatCompletionRequest | CompletionRequest) -> int:
@@ -273,10 +221,6 @@ def system_fingerprint(engine: Engine, config: Config) -> str:
     setup = {"target": engine.target.name, "llama_cpp": system_info(), "exact": config.models.exact,
              "chat_template": config.models.chat_template, "quickdraft": __version__}
     return "fp_" + hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def sse(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 def chat_template_name(engine: Engine) -> str | None:

@@ -7,7 +7,7 @@ so a greedy /completion is token for token the /v1/completions answer for the sa
 is the same draw. What differs is only the shape: llama-server's fields in, llama-server's JSON out (whole, or
 as server-sent events ending with a chunk whose `stop` is true; no [DONE] on these routes, as llama-server).
 
-    app.include_router(llama_server_router(engine, config, scheduler, ...), dependencies=[...api key...])
+    app.include_router(llama_server_router(engine, config, jobs, ...), dependencies=[...api key...])
 
 llama-server's sampling knobs that would change the model's distribution and that the engine does not have
 (repeat/DRY/XTC penalties, mirostat, typical_p, logit_bias, ...) are a 400, never silently ignored. Hints about
@@ -21,7 +21,7 @@ import asyncio
 import json
 import secrets
 from dataclasses import dataclass, field, replace
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, Awaitable, Callable, Iterator, Sequence
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -33,9 +33,9 @@ from quickdraft.config import Config
 from quickdraft.engine import Engine
 from quickdraft.errors import InvalidRequestError
 from quickdraft.generate import GenerationResponse
-from quickdraft.server.errors import APIError, bad_request, from_engine_error, generation_error
+from quickdraft.server.errors import APIError, bad_request, from_engine_error
+from quickdraft.server.jobs import JobRunner
 from quickdraft.server.prepare import check_supported, choices_per_prompt, open_stream, response_grammar, tool_use
-from quickdraft.server.scheduler import Job, QueueFull, Scheduler, ShuttingDown
 from quickdraft.server.schemas import ChatCompletionRequest, GenerationFields, parse_body
 from quickdraft.stats import GenerationStats
 from quickdraft.target import TokenLogprob
@@ -579,72 +579,35 @@ def props(engine: Engine, config: Config, model: str, busy: bool) -> dict:
 
 
 # ---- the routes ------------------------------------------------------------------------------------------
-def llama_server_router(engine: Engine, config: Config, scheduler: Scheduler, *, model_id: str,
+def llama_server_router(engine: Engine, config: Config, jobs: JobRunner, *, model_id: str,
                         read_body: Callable[[Request], Awaitable[bytes]]) -> APIRouter:
-    """The routes; app.py includes them behind the API key. read_body: app.py's (the body size limit)."""
+    """The routes; app.py includes them behind the API key. jobs: app.py's (its scheduler); read_body: app.py's
+    (the body size limit)."""
     router = APIRouter()
 
-    def check_room(n_streams: int) -> None:
-        """A busy server refuses before preparing (tokenizing, compiling a grammar), as /v1 does."""
-        try:
-            scheduler.check_room(n_streams)
-        except (QueueFull, ShuttingDown) as e:
-            raise refused(e) from None
-
     async def run(request: Request, prepared: PreparedLlama) -> Response:
-        job = Job(prepared.streams, asyncio.get_running_loop())
-        try:
-            scheduler.submit(job)
-        except (QueueFull, ShuttingDown) as e:
-            raise refused(e) from None
+        job = jobs.submit(prepared.streams)
+        formatter = prepared.formatter
         if prepared.stream:
-            return StreamingResponse(events(job, prepared.formatter), media_type="text/event-stream",
+            return StreamingResponse(jobs.sse(job, formatter.chunks), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        if not await collect(request, job, prepared.formatter):
+        if not await jobs.collect(request, job, formatter.add):
             return Response(status_code=499)  # the client left; nobody reads this
-        return JSONResponse(prepared.formatter.response())
-
-    async def collect(request: Request, job: Job, formatter: LlamaFormatter) -> bool:
-        watcher = asyncio.create_task(cancel_on_disconnect(request, job))
-        try:
-            async for index, step in job.events():
-                formatter.add(index, step)
-        except ShuttingDown as e:
-            raise refused(e) from None
-        except Exception as e:
-            raise generation_error(e) from None
-        finally:
-            watcher.cancel()
-        return not job.cancelled
-
-    async def cancel_on_disconnect(request: Request, job: Job) -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        scheduler.cancel(job)
-
-    async def events(job: Job, formatter: LlamaFormatter) -> AsyncIterator[str]:
-        try:
-            async for index, step in job.events():
-                for chunk in formatter.chunks(index, step):
-                    yield sse(chunk)
-        except Exception as e:  # the engine failed after the 200 went out: say so in the stream
-            yield sse(generation_error(e).body())
-        finally:
-            scheduler.cancel(job)  # the client went away mid-stream: free the engine (a no-op when done)
+        return JSONResponse(formatter.response())
 
     @router.post("/completion")
     async def completion(request: Request):
         req = parse_body(LlamaCompletionRequest, await read_body(request))
         n_prompts = len(split_llama_prompts(req.prompt))
         choices_per_prompt(config, req, n_prompts)  # at most server.limits.max_choices prompts: a 400
-        check_room(n_prompts)
+        jobs.check_room(n_prompts)
         prepared = await asyncio.to_thread(prepare_llama_completion, engine, config, req, model_id)
         return await run(request, prepared)
 
     @router.post("/infill")
     async def infill(request: Request):
         req = parse_body(InfillRequest, await read_body(request))
-        check_room(1)
+        jobs.check_room(1)
         prepared = await asyncio.to_thread(prepare_infill, engine, config, req, model_id)
         return await run(request, prepared)
 
@@ -665,16 +628,7 @@ def llama_server_router(engine: Engine, config: Config, scheduler: Scheduler, *,
 
     @router.get("/props")
     async def props_route():
-        return props(engine, config, model_id, busy=scheduler.running > 0)
+        return props(engine, config, model_id, busy=jobs.scheduler.running > 0)
 
     return router
 
-
-def refused(e: QueueFull | ShuttingDown) -> APIError:
-    from quickdraft.server.app import refusal  # app.py includes this module's router: imported when needed
-
-    return refusal(e)
-
-
-def sse(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
