@@ -156,7 +156,8 @@ def interrupted_prepare(cache: Path, sig: int) -> subprocess.CompletedProcess | 
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_an_interrupted_prepare_leaves_no_model_file(tmp_path):
+def test_an_interrupted_prepare_leaves_no_model_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path))  # this process resolves names in the same cache
     models = tmp_path / "models"
     stopped = interrupted_prepare(tmp_path, signal.SIGINT)  # Ctrl-C
     if stopped is None:
