@@ -101,7 +101,7 @@ models: install
 	$(VENV)/bin/quickdraft models prepare
 
 test: models
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 serve: models
 	$(VENV)/bin/quickdraft serve
