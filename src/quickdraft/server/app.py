@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 import time
@@ -35,7 +34,7 @@ from quickdraft.engine import Engine
 from quickdraft.llama_model import system_info
 from quickdraft.server.errors import APIError, server_error, status_error
 from quickdraft.server.formatting import ChatFormatter, Choice, CompletionFormatter, Formatter, TokenText
-from quickdraft.server.guard import RequestGuard
+from quickdraft.server.guard import RequestGuard, bearer_matches
 from quickdraft.server.llama_routes import llama_server_router
 from quickdraft.server.metrics import ServerMetrics
 from quickdraft.server.prepare import PreparedRequest, choices_per_prompt, prepare_chat, prepare_completion
@@ -91,8 +90,7 @@ def create_app(engine: Engine, config: Config, status_extra: Callable[[], dict] 
         key = config.server.api_key
         if not key:
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        if not bearer_matches(request.headers, key):
             raise APIError(
                 401,
                 "missing or incorrect API key: send the header 'Authorization: Bearer <key>'",

@@ -22,6 +22,7 @@ preflights for the allowed origins (Starlette's CORSMiddleware).
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 import re
@@ -126,6 +127,12 @@ def check_content_type(method: str, headers: Headers) -> Refusal | None:
 def has_body(headers: Headers) -> bool:
     length = headers.get("content-length")
     return headers.get("transfer-encoding") is not None or (length is not None and length.strip() not in ("", "0"))
+
+
+def bearer_matches(headers, key: str) -> bool:
+    """`Authorization: Bearer <key>` with this key (compared in constant time)."""
+    scheme, _, token = (headers.get("authorization") or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
 
 
 # ---- names ------------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ around it: waiting for nodes and RPC workers at start, and swapping the target w
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from contextlib import AsyncExitStack
@@ -36,7 +35,7 @@ from starlette.responses import JSONResponse
 
 from quickdraft.config import Config
 from quickdraft.server.errors import APIError
-from quickdraft.server.guard import GUARDED, RequestGuard
+from quickdraft.server.guard import GUARDED, RequestGuard, bearer_matches
 
 log = logging.getLogger("quickdraft.server")
 
@@ -348,12 +347,6 @@ class ServingHost:
             await self._mount(new_config)
             return {"object": "quickdraft.swap", "model": new_config.models.served_name(),
                     "previous": old_config.models.served_name()}
-
-
-def bearer_matches(headers, key: str) -> bool:
-    """`Authorization: Bearer <key>` with this key (compared in constant time)."""
-    scheme, _, token = (headers.get("authorization") or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
 
 
 async def read_small_body(request, limit: int) -> bytes:
